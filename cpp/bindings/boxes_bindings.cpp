@@ -1,0 +1,5 @@
+#include <nanobind/nanobind.h>
+namespace nb = nanobind;
+namespace deformdetr::bindings {
+void register_boxes(nb::module_&) {}
+}  // namespace deformdetr::bindings

@@ -1,0 +1,234 @@
+// Bindings of multi-scale deformable attention: validation, GIL release, dispatch by device/dtype.
+#include <sstream>
+
+#include "deformdetr/ms_deform_attn.h"
+#include "validation.h"
+
+namespace deformdetr::bindings {
+
+namespace {
+
+struct AttnArgs {
+  ArgInfo value, spatial_shapes, level_start_index, sampling_locations, attention_weights;
+  MsDeformAttnDims dims;
+};
+
+// Checks the five inputs against each other and against the official layouts; returns the sizes.
+AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
+                      const ConstArray& level_start_index, const ConstArray& sampling_locations,
+                      const ConstArray& attention_weights) {
+  AttnArgs a{ArgInfo::of("value", value),
+             ArgInfo::of("spatial_shapes", spatial_shapes),
+             ArgInfo::of("level_start_index", level_start_index),
+             ArgInfo::of("sampling_locations", sampling_locations),
+             ArgInfo::of("attention_weights", attention_weights),
+             {}};
+  check_cuda_available(a.value);
+  check_rank(a.value, 4, "(N, S, M, D)");
+  check_rank(a.spatial_shapes, 2, "(L, 2)");
+  check_rank(a.level_start_index, 1, "(L,)");
+  check_rank(a.sampling_locations, 6, "(N, Lq, M, L, P, 2)");
+  check_rank(a.attention_weights, 5, "(N, Lq, M, L, P)");
+  if (a.value.on_cuda())
+    check_dtype(a.value, {DType::float32, DType::float64, DType::float16, DType::bfloat16});
+  else
+    check_dtype(a.value, {DType::float32, DType::float64});
+  check_same_dtype(a.sampling_locations, a.value);
+  check_same_dtype(a.attention_weights, a.value);
+  check_dtype(a.spatial_shapes, {DType::int64});
+  check_dtype(a.level_start_index, {DType::int64});
+  for (const ArgInfo* x : {&a.spatial_shapes, &a.level_start_index, &a.sampling_locations,
+                           &a.attention_weights})
+    check_same_device(*x, a.value);
+  for (const ArgInfo* x : {&a.value, &a.spatial_shapes, &a.level_start_index,
+                           &a.sampling_locations, &a.attention_weights})
+    check_contiguous(*x);
+
+  MsDeformAttnDims& d = a.dims;
+  d.batch = a.value.dim(0);
+  d.value_len = a.value.dim(1);
+  d.heads = a.value.dim(2);
+  d.channels = a.value.dim(3);
+  d.levels = a.spatial_shapes.dim(0);
+  d.queries = a.sampling_locations.dim(1);
+  d.points = a.sampling_locations.dim(4);
+  if (d.levels < 1) fail_value("spatial_shapes must hold at least one level, got shape (0, 2)");
+  check_dim(a.spatial_shapes, 1, 2, "(H, W)");
+  check_dim(a.level_start_index, 0, d.levels, "levels L of spatial_shapes");
+  check_dim(a.sampling_locations, 0, d.batch, "batch N of value");
+  check_dim(a.sampling_locations, 2, d.heads, "heads M of value");
+  check_dim(a.sampling_locations, 3, d.levels, "levels L of spatial_shapes");
+  check_dim(a.sampling_locations, 5, 2, "(x, y)");
+  const int64_t expected_weights[5] = {d.batch, d.queries, d.heads, d.levels, d.points};
+  const char* weight_dims[5] = {"batch N", "queries Lq", "heads M", "levels L", "points P"};
+  for (size_t i = 0; i < 5; ++i)
+    check_dim(a.attention_weights, i, expected_weights[i], weight_dims[i]);
+
+  // Level geometry can only be read on the host; on CUDA the kernels skip any level that would
+  // fall outside value instead of reading out of bounds.
+  if (!a.value.on_cuda()) {
+    const int64_t* shapes = static_cast<const int64_t*>(a.spatial_shapes.data);
+    const int64_t* starts = static_cast<const int64_t*>(a.level_start_index.data);
+    int64_t offset = 0;
+    for (int64_t l = 0; l < d.levels; ++l) {
+      const int64_t h = shapes[2 * l], w = shapes[2 * l + 1];
+      if (h < 1 || w < 1) {
+        std::ostringstream out;
+        out << "spatial_shapes[" << l << "] = (" << h << ", " << w
+            << ") must be positive (H, W)";
+        fail_value(out.str());
+      }
+      if (starts[l] != offset) {
+        std::ostringstream out;
+        out << "level_start_index[" << l << "] must be " << offset
+            << " (the sum of H*W of the levels before it), got " << starts[l];
+        fail_value(out.str());
+      }
+      offset += h * w;
+    }
+    if (offset != d.value_len) {
+      std::ostringstream out;
+      out << "value has shape " << a.value.shape_str() << ": its length S = " << d.value_len
+          << " must equal the sum of H*W over spatial_shapes = " << offset;
+      fail_value(out.str());
+    }
+  }
+  return a;
+}
+
+// An output buffer: contiguous, on the inputs' device, of the expected shape and dtype.
+ArgInfo check_output(const char* name, const nb::ndarray<>& array, const ArgInfo& like,
+                     std::initializer_list<int64_t> shape, DType dtype) {
+  ArgInfo out = ArgInfo::of(name, array);
+  check_same_device(out, like);
+  if (out.dtype != dtype)
+    fail_type(std::string(name) + " must be " + dtype_name(dtype) + ", got " +
+              dtype_name(out.dtype));
+  std::vector<int64_t> expected(shape);
+  if (out.shape != expected) {
+    ArgInfo e = out;
+    e.shape = expected;
+    fail_value(std::string(name) + " must have shape " + e.shape_str() + ", got " +
+               out.shape_str());
+  }
+  check_contiguous(out);
+  return out;
+}
+
+CudaDtype cuda_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::float64: return CudaDtype::float64;
+    case DType::float16: return CudaDtype::float16;
+    case DType::bfloat16: return CudaDtype::bfloat16;
+    default: return CudaDtype::float32;
+  }
+}
+
+void forward(const ConstArray& value, const ConstArray& spatial_shapes,
+             const ConstArray& level_start_index, const ConstArray& sampling_locations,
+             const ConstArray& attention_weights, nb::ndarray<> output, int num_threads,
+             uintptr_t stream) {
+  AttnArgs a = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights);
+  const MsDeformAttnDims& d = a.dims;
+  ArgInfo out = check_output("output", output, a.value, {d.batch, d.queries, d.heads, d.channels},
+                             a.value.dtype);
+  const auto* shapes = static_cast<const int64_t*>(a.spatial_shapes.data);
+  const auto* starts = static_cast<const int64_t*>(a.level_start_index.data);
+  nb::gil_scoped_release release;
+  if (a.value.on_cuda()) {
+#ifdef DEFORMDETR_WITH_CUDA
+    ms_deform_attn_forward_cuda(cuda_dtype(a.value.dtype), d, a.value.data, shapes, starts,
+                                a.sampling_locations.data, a.attention_weights.data,
+                                output.data(), reinterpret_cast<void*>(stream));
+#endif
+  } else if (a.value.dtype == DType::float32) {
+    ms_deform_attn_forward_cpu<float>(d, static_cast<const float*>(a.value.data), shapes, starts,
+                                      static_cast<const float*>(a.sampling_locations.data),
+                                      static_cast<const float*>(a.attention_weights.data),
+                                      static_cast<float*>(output.data()), num_threads);
+  } else {
+    ms_deform_attn_forward_cpu<double>(d, static_cast<const double*>(a.value.data), shapes,
+                                       starts,
+                                       static_cast<const double*>(a.sampling_locations.data),
+                                       static_cast<const double*>(a.attention_weights.data),
+                                       static_cast<double*>(output.data()), num_threads);
+  }
+  (void)out;
+  (void)stream;
+}
+
+void backward(const ConstArray& value, const ConstArray& spatial_shapes,
+              const ConstArray& level_start_index, const ConstArray& sampling_locations,
+              const ConstArray& attention_weights, const ConstArray& grad_output,
+              nb::ndarray<> grad_value, nb::ndarray<> grad_sampling_locations,
+              nb::ndarray<> grad_attention_weights, int num_threads, uintptr_t stream) {
+  AttnArgs a = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights);
+  const MsDeformAttnDims& d = a.dims;
+  ArgInfo go = ArgInfo::of("grad_output", grad_output);
+  check_same_device(go, a.value);
+  check_same_dtype(go, a.value);
+  std::vector<int64_t> go_shape = {d.batch, d.queries, d.heads, d.channels};
+  if (go.shape != go_shape) {
+    ArgInfo e = go;
+    e.shape = go_shape;
+    fail_value("grad_output must have shape " + e.shape_str() + ", got " + go.shape_str());
+  }
+  check_contiguous(go);
+  // 16-bit CUDA inputs accumulate grad_value in float32 (atomics in half precision lose sums).
+  const bool wide_accum = a.value.dtype == DType::float16 || a.value.dtype == DType::bfloat16;
+  check_output("grad_value", grad_value, a.value,
+               {d.batch, d.value_len, d.heads, d.channels},
+               wide_accum ? DType::float32 : a.value.dtype);
+  check_output("grad_sampling_locations", grad_sampling_locations, a.value,
+               {d.batch, d.queries, d.heads, d.levels, d.points, 2}, a.value.dtype);
+  check_output("grad_attention_weights", grad_attention_weights, a.value,
+               {d.batch, d.queries, d.heads, d.levels, d.points}, a.value.dtype);
+  const auto* shapes = static_cast<const int64_t*>(a.spatial_shapes.data);
+  const auto* starts = static_cast<const int64_t*>(a.level_start_index.data);
+  nb::gil_scoped_release release;
+  if (a.value.on_cuda()) {
+#ifdef DEFORMDETR_WITH_CUDA
+    ms_deform_attn_backward_cuda(cuda_dtype(a.value.dtype), d, a.value.data, shapes, starts,
+                                 a.sampling_locations.data, a.attention_weights.data, go.data,
+                                 grad_value.data(), grad_sampling_locations.data(),
+                                 grad_attention_weights.data(), reinterpret_cast<void*>(stream));
+#endif
+  } else if (a.value.dtype == DType::float32) {
+    ms_deform_attn_backward_cpu<float>(
+        d, static_cast<const float*>(a.value.data), shapes, starts,
+        static_cast<const float*>(a.sampling_locations.data),
+        static_cast<const float*>(a.attention_weights.data),
+        static_cast<const float*>(go.data), static_cast<float*>(grad_value.data()),
+        static_cast<float*>(grad_sampling_locations.data()),
+        static_cast<float*>(grad_attention_weights.data()), num_threads);
+  } else {
+    ms_deform_attn_backward_cpu<double>(
+        d, static_cast<const double*>(a.value.data), shapes, starts,
+        static_cast<const double*>(a.sampling_locations.data),
+        static_cast<const double*>(a.attention_weights.data),
+        static_cast<const double*>(go.data), static_cast<double*>(grad_value.data()),
+        static_cast<double*>(grad_sampling_locations.data()),
+        static_cast<double*>(grad_attention_weights.data()), num_threads);
+  }
+  (void)stream;
+}
+
+}  // namespace
+
+void register_ms_deform_attn(nb::module_& m) {
+  m.def("ms_deform_attn_forward", &forward, nb::arg("value"), nb::arg("spatial_shapes"),
+        nb::arg("level_start_index"), nb::arg("sampling_locations"),
+        nb::arg("attention_weights"), nb::arg("output"), nb::arg("num_threads") = 0,
+        nb::arg("stream") = 0,
+        "Writes multi-scale deformable attention of the inputs into `output` (N, Lq, M, D).");
+  m.def("ms_deform_attn_backward", &backward, nb::arg("value"), nb::arg("spatial_shapes"),
+        nb::arg("level_start_index"), nb::arg("sampling_locations"),
+        nb::arg("attention_weights"), nb::arg("grad_output"), nb::arg("grad_value"),
+        nb::arg("grad_sampling_locations"), nb::arg("grad_attention_weights"),
+        nb::arg("num_threads") = 0, nb::arg("stream") = 0,
+        "Writes the gradients of multi-scale deformable attention into the three grad buffers.");
+}
+
+}  // namespace deformdetr::bindings

@@ -1,0 +1,139 @@
+#include "validation.h"
+
+#include <sstream>
+
+namespace deformdetr::bindings {
+
+DType dtype_of(const nb::dlpack::dtype& dt) {
+  using code = nb::dlpack::dtype_code;
+  if (dt.lanes != 1) return DType::other;
+  if (dt.code == (uint8_t)code::Float) {
+    if (dt.bits == 16) return DType::float16;
+    if (dt.bits == 32) return DType::float32;
+    if (dt.bits == 64) return DType::float64;
+  } else if (dt.code == (uint8_t)code::Bfloat && dt.bits == 16) {
+    return DType::bfloat16;
+  } else if (dt.code == (uint8_t)code::Int) {
+    if (dt.bits == 32) return DType::int32;
+    if (dt.bits == 64) return DType::int64;
+  } else if (dt.code == (uint8_t)code::UInt && dt.bits == 8) {
+    return DType::uint8;
+  } else if (dt.code == (uint8_t)code::Bool) {
+    return DType::boolean;
+  }
+  return DType::other;
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::float16: return "float16";
+    case DType::bfloat16: return "bfloat16";
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::int32: return "int32";
+    case DType::int64: return "int64";
+    case DType::uint8: return "uint8";
+    case DType::boolean: return "bool";
+    default: return "an unsupported dtype";
+  }
+}
+
+bool is_cuda(int32_t device_type) {
+  return device_type == nb::device::cuda::value || device_type == nb::device::cuda_managed::value;
+}
+
+std::string device_string(int32_t device_type, int32_t device_id) {
+  if (device_type == nb::device::cpu::value) return "cpu";
+  if (is_cuda(device_type)) return "cuda:" + std::to_string(device_id);
+  return "device type " + std::to_string(device_type);
+}
+
+std::string ArgInfo::shape_str() const {
+  std::ostringstream out;
+  out << "(";
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  if (shape.size() == 1) out << ",";
+  out << ")";
+  return out.str();
+}
+
+int64_t ArgInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+bool ArgInfo::contiguous() const {
+  int64_t expected = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    if (shape[i] != 1 && strides[i] != expected) return false;
+    expected *= shape[i];
+  }
+  return true;
+}
+
+void fail_value(const std::string& message) { throw nb::value_error(message.c_str()); }
+void fail_type(const std::string& message) { throw nb::type_error(message.c_str()); }
+
+void check_rank(const ArgInfo& a, size_t rank, const char* layout) {
+  if (a.shape.size() != rank) {
+    std::ostringstream out;
+    out << a.name << " must have " << rank << " dimensions " << layout << ", got shape "
+        << a.shape_str();
+    fail_value(out.str());
+  }
+}
+
+void check_contiguous(const ArgInfo& a) {
+  if (!a.contiguous())
+    fail_value(std::string(a.name) + " must be contiguous (call .contiguous()), got shape " +
+               a.shape_str() + " with non-contiguous strides");
+}
+
+void check_dtype(const ArgInfo& a, std::initializer_list<DType> allowed) {
+  for (DType d : allowed)
+    if (d == a.dtype) return;
+  std::string expected;
+  for (DType d : allowed) expected += std::string(expected.empty() ? "" : " or ") + dtype_name(d);
+  fail_type(std::string(a.name) + " must be " + expected + " on " +
+            device_string(a.device_type, a.device_id) + ", got " + dtype_name(a.dtype));
+}
+
+void check_same_dtype(const ArgInfo& a, const ArgInfo& reference) {
+  if (a.dtype != reference.dtype)
+    fail_type(std::string(a.name) + " must have the dtype of " + reference.name + " (" +
+              dtype_name(reference.dtype) + "), got " + dtype_name(a.dtype));
+}
+
+void check_same_device(const ArgInfo& a, const ArgInfo& reference) {
+  if (a.device_type != reference.device_type || a.device_id != reference.device_id)
+    fail_value(std::string(a.name) + " must be on the device of " + reference.name + " (" +
+               device_string(reference.device_type, reference.device_id) + "), got " +
+               device_string(a.device_type, a.device_id));
+}
+
+void check_dim(const ArgInfo& a, size_t i, int64_t expected, const char* what) {
+  if (a.shape[i] != expected) {
+    std::ostringstream out;
+    out << a.name << " has shape " << a.shape_str() << ": dimension " << i << " (" << what
+        << ") must be " << expected << ", got " << a.shape[i];
+    fail_value(out.str());
+  }
+}
+
+void check_cuda_available(const ArgInfo& a) {
+#ifndef DEFORMDETR_WITH_CUDA
+  if (a.on_cuda())
+    fail_value(std::string(a.name) +
+               " is a CUDA tensor, but this deformdetr build has no CUDA kernels. Rebuild with a "
+               "CUDA compiler on PATH (nvcc), e.g. `pip install --no-build-isolation "
+               "--force-reinstall .`, and make sure -Cmake.define.DEFORMDETR_CUDA=OFF is not set.");
+#else
+  (void)a;
+#endif
+  if (a.device_type != nb::device::cpu::value && !a.on_cuda())
+    fail_value(std::string(a.name) + " is on " + device_string(a.device_type, a.device_id) +
+               "; deformdetr kernels run on CPU and CUDA tensors only");
+}
+
+}  // namespace deformdetr::bindings

@@ -1,0 +1,1 @@
+#include "deformdetr/parallel.h"

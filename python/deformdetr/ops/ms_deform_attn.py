@@ -1,0 +1,193 @@
+"""Multi-scale deformable attention: the native op (autograd, torch.compile, autocast) and its
+pure-PyTorch reference.
+
+Shapes follow the official implementation:
+    value               (N, S, M, D)     S = sum of H*W over the L levels
+    spatial_shapes      (L, 2) int64     (H, W) of each level
+    level_start_index   (L,)   int64     offset of each level in S
+    sampling_locations  (N, Lq, M, L, P, 2) normalised (x, y), 0..1 spans the map
+    attention_weights   (N, Lq, M, L, P)
+    returns             (N, Lq, M*D)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from deformdetr._native import _C, cuda_stream_of, num_threads
+
+__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference"]
+
+_16_BIT = (torch.float16, torch.bfloat16)
+
+
+@torch.library.custom_op("deformdetr::ms_deform_attn", mutates_args=())
+def _ms_deform_attn_op(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+        t.contiguous()
+        for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    )
+    output = _empty_output(value, sampling_locations)
+    _C.ms_deform_attn_forward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        output, num_threads(), cuda_stream_of(value),
+    )
+    return output.flatten(2)
+
+
+def _empty_output(value: Tensor, sampling_locations: Tensor) -> Tensor:
+    _check_ranks(value, sampling_locations)
+    batch, _, heads, channels = value.shape
+    return value.new_empty((batch, sampling_locations.shape[1], heads, channels))
+
+
+def _check_ranks(value: Tensor, sampling_locations: Tensor) -> None:
+    # The kernels check everything; these two ranks are needed to size the output before that.
+    if value.dim() != 4:
+        raise ValueError(f"value must have 4 dimensions (N, S, M, D), got shape {tuple(value.shape)}")
+    if sampling_locations.dim() != 6:
+        raise ValueError(
+            "sampling_locations must have 6 dimensions (N, Lq, M, L, P, 2), "
+            f"got shape {tuple(sampling_locations.shape)}"
+        )
+
+
+@_ms_deform_attn_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    return _empty_output(value, sampling_locations).flatten(2)
+
+
+@torch.library.custom_op("deformdetr::ms_deform_attn_backward", mutates_args=())
+def _ms_deform_attn_backward_op(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    grad_output: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+        t.contiguous()
+        for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    )
+    grad_output = grad_output.reshape(
+        value.shape[0], sampling_locations.shape[1], value.shape[2], value.shape[3]
+    ).contiguous()
+    # 16-bit gradients of value are summed in float32 by the CUDA kernel, then rounded once.
+    accum_dtype = torch.float32 if value.dtype in _16_BIT else value.dtype
+    grad_value = torch.empty(value.shape, dtype=accum_dtype, device=value.device)
+    grad_locations = torch.empty_like(sampling_locations)
+    grad_weights = torch.empty_like(attention_weights)
+    _C.ms_deform_attn_backward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        grad_output, grad_value, grad_locations, grad_weights, num_threads(), cuda_stream_of(value),
+    )
+    return grad_value.to(value.dtype), grad_locations, grad_weights
+
+
+@_ms_deform_attn_backward_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output):
+    return (
+        torch.empty_like(value, memory_format=torch.contiguous_format),
+        torch.empty_like(sampling_locations, memory_format=torch.contiguous_format),
+        torch.empty_like(attention_weights, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+    grad_value, grad_locations, grad_weights = _ms_deform_attn_backward_op(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output
+    )
+    return grad_value, None, None, grad_locations, grad_weights
+
+
+_ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
+
+# Under autocast the op runs in float32: sampling locations in 16 bits cannot address a
+# 100x167 map to better than ~0.1 px, and the official code does the same.
+for _device in ("cpu", "cuda"):
+    torch.library.register_autocast("deformdetr::ms_deform_attn", _device, torch.float32)
+
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def use_reference(enabled: bool = True):
+    """Within this context (per thread), ``ms_deform_attn`` runs the pure-PyTorch reference."""
+    previous = getattr(_state, "reference", False)
+    _state.reference = enabled
+    try:
+        yield
+    finally:
+        _state.reference = previous
+
+
+def ms_deform_attn(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Multi-scale deformable attention (see the module docstring for shapes).
+
+    Runs the native kernels (CPU: float32/float64; CUDA: also float16/bfloat16), differentiable
+    in value, sampling_locations and attention_weights. Inside ``use_reference()`` it runs
+    :func:`ms_deform_attn_reference` instead.
+    """
+    if getattr(_state, "reference", False):
+        return ms_deform_attn_reference(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    return _ms_deform_attn_op(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+
+
+def ms_deform_attn_reference(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """The same maths in plain PyTorch with ``grid_sample``: slow, but obviously right."""
+    _check_ranks(value, sampling_locations)
+    batch, _, heads, channels = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    level_sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    per_level_value = value.split(level_sizes, dim=1)
+    # grid_sample's grid spans [-1, 1]; with align_corners=False, -1 is the left edge of pixel 0.
+    grids = 2 * sampling_locations - 1
+    sampled = []
+    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+        level_value = (
+            per_level_value[level].permute(0, 2, 3, 1).reshape(batch * heads, channels, height, width)
+        )
+        level_grid = grids[:, :, :, level].transpose(1, 2).reshape(batch * heads, queries, points, 2)
+        sampled.append(
+            F.grid_sample(
+                level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+        )  # (N*M, D, Lq, P)
+    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # (N*M, D, Lq, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+    output = (stacked * weights).sum(-1).view(batch, heads * channels, queries)
+    return output.transpose(1, 2).contiguous()
