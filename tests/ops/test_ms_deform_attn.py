@@ -1,0 +1,295 @@
+"""The native multi-scale deformable attention against its grid_sample reference."""
+
+import pytest
+import torch
+
+import deformdetr
+from deformdetr.ops import ms_deform_attn, ms_deform_attn_reference, use_reference
+
+
+def make_inputs(
+    shapes=((6, 5), (3, 4), (2, 1)),
+    batch=2,
+    heads=3,
+    channels=7,
+    queries=9,
+    points=4,
+    dtype=torch.float64,
+    device="cpu",
+    low=-0.2,
+    high=1.2,
+    requires_grad=False,
+):
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64, device=device)
+    areas = spatial_shapes.prod(1)
+    level_start_index = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    value_len = int(areas.sum())
+    levels = len(shapes)
+    value = torch.randn(batch, value_len, heads, channels, dtype=dtype, device=device)
+    locations = low + (high - low) * torch.rand(
+        batch, queries, heads, levels, points, 2, dtype=dtype, device=device
+    )
+    weights = torch.rand(batch, queries, heads, levels, points, dtype=dtype, device=device)
+    weights = weights / weights.sum((-1, -2), keepdim=True)
+    for t in (value, locations, weights):
+        t.requires_grad_(requires_grad)
+    return value, spatial_shapes, level_start_index, locations, weights
+
+
+def both(inputs, grad_output=None):
+    """(output, grads) of the native op and of the reference for the same inputs."""
+    results = []
+    for fn in (ms_deform_attn, ms_deform_attn_reference):
+        leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+        out = fn(*leaves)
+        go = torch.ones_like(out) if grad_output is None else grad_output
+        grads = torch.autograd.grad(out, [leaves[0], leaves[3], leaves[4]], go)
+        results.append((out.detach(), grads))
+    return results
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_forward_and_gradients_match_reference(dtype, tol):
+    inputs = make_inputs(dtype=dtype)
+    go = torch.randn(2, 9, 21, dtype=dtype)
+    (out, grads), (ref_out, ref_grads) = both(inputs, go)
+    assert out.shape == (2, 9, 21)
+    torch.testing.assert_close(out, ref_out, atol=tol, rtol=tol)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=tol * 20, rtol=tol * 20)
+
+
+def test_gradcheck_float64_all_three_inputs():
+    value, shapes, starts, locations, weights = make_inputs(
+        shapes=((3, 4), (2, 2)), batch=2, heads=2, channels=3, queries=3, points=2,
+        low=0.05, high=0.95, requires_grad=True,
+    )
+    # Keep locations off the integer pixel grid, where bilinear sampling is not differentiable.
+    assert torch.autograd.gradcheck(
+        lambda v, l, w: ms_deform_attn(v, shapes, starts, l, w),
+        (value, locations, weights),
+        eps=1e-6, atol=1e-5,
+    )
+
+
+def test_locations_outside_the_map_and_on_pixel_borders():
+    shapes = ((4, 6), (2, 3))
+    value, spatial_shapes, starts, _, weights = make_inputs(shapes=shapes, queries=6, points=5)
+    # Columns of special locations: far outside, just outside the half-pixel border, exactly on
+    # pixel centres and edges, the map corners.
+    specials = torch.tensor([-1.0, -0.1, 0.0, 1.0 / 12, 0.5, 1.0, 1.0 + 1e-3, 2.0], dtype=torch.float64)
+    idx = torch.randint(0, len(specials), (2, 6, 3, 2, 5, 2))
+    locations = specials[idx]
+    (out, grads), (ref_out, ref_grads) = both((value, spatial_shapes, starts, locations, weights))
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grads[0], ref_grads[0], atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grads[2], ref_grads[2], atol=1e-12, rtol=1e-12)
+
+
+def test_points_entirely_outside_give_zero_output_and_gradients():
+    value, shapes, starts, locations, weights = make_inputs(queries=4)
+    locations = locations.detach() * 0 + 3.0
+    (out, grads), _ = both((value, shapes, starts, locations, weights))
+    assert out.abs().max() == 0
+    assert all(g.abs().max() == 0 for g in grads)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(shapes=((5, 7),)),  # single level
+        dict(channels=5),  # D not a power of two
+        dict(channels=32, heads=2),  # the specialised D=32 path
+        dict(channels=64, heads=1),  # the specialised D=64 path
+        dict(batch=1),
+        dict(batch=3, queries=1),
+        dict(points=1),
+    ],
+)
+def test_shape_variants_match_reference(case):
+    inputs = make_inputs(**case)
+    (out, grads), (ref_out, ref_grads) = both(inputs)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-11, rtol=1e-11)
+
+
+def test_many_queries_split_across_threads_match_reference():
+    # Few (batch, head) pairs and many queries: the backward splits queries into private
+    # grad_value buffers that are summed at the end.
+    inputs = make_inputs(shapes=((8, 8), (4, 4)), batch=1, heads=1, queries=600)
+    with_threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        (out, grads), (ref_out, ref_grads) = both(inputs)
+    finally:
+        torch.set_num_threads(with_threads)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-10, rtol=1e-10)
+
+
+def test_few_queries_on_large_maps_match_reference():
+    # Few samples per map position: the backward works in place instead of on head-major copies.
+    inputs = make_inputs(shapes=((20, 20), (10, 10)), queries=3, points=2, channels=32)
+    (out, grads), (ref_out, ref_grads) = both(inputs)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-11, rtol=1e-11)
+
+
+def test_single_thread_equals_multi_thread_bitwise():
+    inputs = make_inputs(dtype=torch.float32, queries=200)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ms_deform_attn(*inputs)
+        torch.set_num_threads(4)
+        four = ms_deform_attn(*inputs)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, four)
+
+
+def test_non_contiguous_inputs():
+    value, shapes, starts, locations, weights = make_inputs()
+    value_t = value.transpose(2, 3).contiguous().transpose(2, 3)
+    locations_t = locations.transpose(0, 1).contiguous().transpose(0, 1)
+    weights_t = weights.transpose(1, 4).contiguous().transpose(1, 4)
+    assert not (value_t.is_contiguous() or locations_t.is_contiguous() or weights_t.is_contiguous())
+    (out, grads), (ref_out, ref_grads) = both((value_t, shapes, starts, locations_t, weights_t))
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(out, ms_deform_attn(value, shapes, starts, locations, weights))
+
+
+def test_use_reference_switches_implementation(monkeypatch):
+    inputs = make_inputs()
+    calls = []
+    import importlib
+
+    module = importlib.import_module("deformdetr.ops.ms_deform_attn")  # the module, not the function
+
+    original = module.ms_deform_attn_reference
+    monkeypatch.setattr(module, "ms_deform_attn_reference", lambda *a: calls.append(1) or original(*a))
+    ms_deform_attn(*inputs)
+    assert calls == []
+    with use_reference():
+        ms_deform_attn(*inputs)
+    assert calls == [1]
+
+
+def test_autocast_cpu_runs_in_float32():
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ms_deform_attn(value.bfloat16(), shapes, starts, locations, weights.bfloat16())
+    assert out.dtype == torch.float32
+    ref = ms_deform_attn_reference(value.bfloat16().float(), shapes, starts, locations, weights.bfloat16().float())
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_opcheck():
+    value, shapes, starts, locations, weights = make_inputs(requires_grad=True)
+    torch.library.opcheck(
+        torch.ops.deformdetr.ms_deform_attn.default, (value, shapes, starts, locations, weights)
+    )
+
+
+def test_torch_compile_fullgraph_of_the_op():
+    inputs = make_inputs(dtype=torch.float32, requires_grad=True)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def attend(v, s, i, l, w):
+        return ms_deform_attn(v, s, i, l, w).square().sum()
+
+    loss = attend(*inputs)
+    loss.backward()
+    ref = ms_deform_attn_reference(*[t.detach() for t in inputs]).square().sum()
+    torch.testing.assert_close(loss.detach(), ref, atol=1e-4, rtol=1e-5)
+    assert inputs[0].grad is not None and inputs[3].grad is not None
+
+
+# ---- error cases: every one raises a Python exception that names the argument -----------------
+
+
+def _call(**replace):
+    value, shapes, starts, locations, weights = make_inputs()
+    args = dict(value=value, spatial_shapes=shapes, level_start_index=starts,
+                sampling_locations=locations, attention_weights=weights)
+    args.update(replace)
+    return ms_deform_attn(**args)
+
+
+@pytest.mark.parametrize(
+    "replace,error,match",
+    [
+        (dict(value=torch.randn(2, 44, 3)), ValueError, "value must have 4 dimensions"),
+        (dict(value=torch.randn(2, 43, 3, 7, dtype=torch.float64)), ValueError, "sum of H\\*W"),
+        (dict(value=torch.randn(3, 44, 3, 7, dtype=torch.float64)), ValueError, "sampling_locations.*batch"),
+        (dict(value=torch.randn(2, 44, 4, 7, dtype=torch.float64)), ValueError, "sampling_locations.*heads"),
+        (dict(value=torch.randn(2, 44, 3, 7, dtype=torch.float32)), TypeError, "sampling_locations must have the dtype of value"),
+        (dict(value=torch.randn(2, 44, 3, 7).to(torch.float16)), TypeError, "value must be float32 or float64 on cpu"),
+        (dict(spatial_shapes=torch.tensor([[6, 5], [3, 4], [2, 1]], dtype=torch.int32)), TypeError, "spatial_shapes must be int64"),
+        (dict(spatial_shapes=torch.tensor([[6, 5], [3, 4]])), ValueError, "level_start_index.*levels"),
+        (dict(spatial_shapes=torch.tensor([[6, 5], [3, 3], [2, 1]])), ValueError, "level_start_index\\[2\\] must be 39"),
+        (dict(spatial_shapes=torch.tensor([[6, 5], [3, 4], [2, 0]])), ValueError, "must be positive"),
+        (dict(level_start_index=torch.tensor([0, 31, 42])), ValueError, "level_start_index\\[1\\] must be 30"),
+        (dict(sampling_locations=torch.rand(2, 9, 3, 3, 4, 3, dtype=torch.float64)), ValueError, "\\(x, y\\)"),
+        (dict(sampling_locations=torch.rand(2, 9, 3, 2, 4, 2, dtype=torch.float64)), ValueError, "sampling_locations.*levels"),
+        (dict(attention_weights=torch.rand(2, 9, 3, 3, 5, dtype=torch.float64)), ValueError, "attention_weights.*points"),
+        (dict(attention_weights=torch.rand(2, 8, 3, 3, 4, dtype=torch.float64)), ValueError, "attention_weights.*queries"),
+        (dict(attention_weights=torch.rand(2, 9, 3, 3, dtype=torch.float64)), ValueError, "attention_weights must have 5 dimensions"),
+    ],
+)
+def test_invalid_inputs_raise_clear_errors(replace, error, match):
+    with pytest.raises(error, match=match):
+        _call(**replace)
+
+
+def test_cuda_tensor_on_cpu_only_build_explains_rebuild():
+    if deformdetr.cuda_compiled:
+        pytest.skip("this build has CUDA kernels")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device to make a CUDA tensor")
+    with pytest.raises(ValueError, match="Rebuild"):
+        _call(value=make_inputs(device="cuda")[0])
+
+
+# ---- CUDA (run on a GPU machine: pytest -m cuda) -------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "dtype,tol",
+    [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)],
+)
+def test_cuda_matches_cpu_reference(dtype, tol):
+    inputs = make_inputs(shapes=((13, 21), (7, 11), (4, 6)), channels=32, heads=4, queries=50)
+    cuda_inputs = [t.cuda().to(dtype) if t.is_floating_point() else t.cuda() for t in inputs]
+    cpu_inputs = [t.cpu().to(torch.float64) if t.is_floating_point() else t.cpu() for t in cuda_inputs]
+    go = torch.randn(2, 50, 128, dtype=torch.float64)
+    (out, grads), _ = both(cuda_inputs, go.cuda().to(dtype))
+    (_, _), (ref_out, ref_grads) = both(cpu_inputs, go.to(dtype).double())
+    torch.testing.assert_close(out.double().cpu(), ref_out, atol=tol, rtol=tol)
+    for g, r in zip(grads, ref_grads):
+        scale = r.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(g.double().cpu() / scale, r / scale, atol=tol * 10, rtol=tol * 10)
+
+
+@pytest.mark.cuda
+def test_cuda_gradcheck_float64():
+    value, shapes, starts, locations, weights = make_inputs(
+        shapes=((3, 4), (2, 2)), heads=2, channels=3, queries=3, points=2,
+        low=0.05, high=0.95, device="cuda", requires_grad=True,
+    )
+    assert torch.autograd.gradcheck(
+        lambda v, l, w: ms_deform_attn(v, shapes, starts, l, w), (value, locations, weights),
+        eps=1e-6, atol=1e-5,
+    )
+
+
+@pytest.mark.cuda
+def test_cuda_autocast_runs_in_float32():
+    inputs = make_inputs(dtype=torch.float32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = ms_deform_attn(inputs[0].half(), inputs[1], inputs[2], inputs[3], inputs[4].half())
+    assert out.dtype == torch.float32

@@ -1,0 +1,127 @@
+"""MSDeformAttn: official parameter names and initialisation, masks, reference points, compile."""
+
+import math
+
+import pytest
+import torch
+
+from deformdetr.ops import MSDeformAttn, use_reference
+
+SHAPES = torch.tensor([[8, 10], [4, 5], [2, 3], [1, 2]])
+STARTS = torch.tensor([0, 80, 100, 106])
+VALUE_LEN = 108
+
+
+def inputs(batch=2, queries=7, d_model=32, ref_dim=2, dtype=torch.float32):
+    query = torch.randn(batch, queries, d_model, dtype=dtype)
+    flat = torch.randn(batch, VALUE_LEN, d_model, dtype=dtype)
+    ref = torch.rand(batch, queries, 4, ref_dim, dtype=dtype)
+    if ref_dim == 4:
+        ref[..., 2:] = ref[..., 2:] * 0.5 + 0.05
+    return query, ref, flat
+
+
+def randomised(module):
+    # The official init zeroes the offset/weight projections; randomise so every path matters.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return module
+
+
+def test_parameter_names_and_shapes_match_the_official_module():
+    m = MSDeformAttn(d_model=256, n_levels=4, n_heads=8, n_points=4)
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes == {
+        "sampling_offsets.weight": (256, 256),
+        "sampling_offsets.bias": (256,),
+        "attention_weights.weight": (128, 256),
+        "attention_weights.bias": (128,),
+        "value_proj.weight": (256, 256),
+        "value_proj.bias": (256,),
+        "output_proj.weight": (256, 256),
+        "output_proj.bias": (256,),
+    }
+
+
+def test_initial_offsets_fan_out_per_head_and_grow_with_point_index():
+    m = MSDeformAttn(d_model=64, n_levels=2, n_heads=8, n_points=3)
+    assert m.sampling_offsets.weight.abs().max() == 0
+    bias = m.sampling_offsets.bias.view(8, 2, 3, 2)
+    for head in range(8):
+        angle = 2 * math.pi * head / 8
+        direction = torch.tensor([math.cos(angle), math.sin(angle)])
+        direction = direction / direction.abs().max()
+        for point in range(3):
+            torch.testing.assert_close(bias[head, 1, point], direction * (point + 1))
+    assert m.attention_weights.weight.abs().max() == 0 and m.attention_weights.bias.abs().max() == 0
+    assert m.value_proj.bias.abs().max() == 0 and m.output_proj.bias.abs().max() == 0
+
+
+@pytest.mark.parametrize("ref_dim", [2, 4])
+def test_module_matches_reference_path_with_padding_mask(ref_dim):
+    m = randomised(MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3)).double()
+    query, ref, flat = (t.double() for t in inputs(ref_dim=ref_dim))
+    mask = torch.zeros(2, VALUE_LEN, dtype=torch.bool)
+    mask[1, 40:80] = True
+    out = m(query, ref, flat, SHAPES, STARTS, mask)
+    with use_reference():
+        ref_out = m(query, ref, flat, SHAPES, STARTS, mask)
+    assert out.shape == (2, 7, 32)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-12)
+
+
+def test_padding_mask_hides_masked_values():
+    m = randomised(MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3))
+    query, ref, flat = inputs()
+    mask = torch.zeros(2, VALUE_LEN, dtype=torch.bool)
+    mask[:, 50:80] = True
+    changed = flat.clone()
+    changed[:, 50:80] = torch.randn(2, 30, 32) * 100
+    torch.testing.assert_close(
+        m(query, ref, flat, SHAPES, STARTS, mask), m(query, ref, changed, SHAPES, STARTS, mask)
+    )
+    assert not torch.allclose(m(query, ref, flat, SHAPES, STARTS), m(query, ref, changed, SHAPES, STARTS))
+
+
+def test_gradients_reach_every_parameter():
+    m = randomised(MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3))
+    query, ref, flat = inputs()
+    m(query, ref, flat, SHAPES, STARTS).square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(d_model=30, n_heads=8), "divisible"),
+        (dict(n_points=0), "n_points"),
+    ],
+)
+def test_bad_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MSDeformAttn(**kwargs)
+
+
+def test_bad_reference_points_and_mask():
+    m = MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3)
+    query, ref, flat = inputs()
+    with pytest.raises(ValueError, match="reference_points"):
+        m(query, torch.rand(2, 7, 4, 3), flat, SHAPES, STARTS)
+    with pytest.raises(ValueError, match="reference_points"):
+        m(query, torch.rand(2, 7, 3, 2), flat, SHAPES, STARTS)
+    with pytest.raises(ValueError, match="input_padding_mask"):
+        m(query, ref, flat, SHAPES, STARTS, torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="query"):
+        m(torch.randn(2, 7, 16), ref, flat, SHAPES, STARTS)
+
+
+def test_torch_compile_fullgraph_module_on_cpu():
+    m = randomised(MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3))
+    query, ref, flat = inputs()
+    compiled = torch.compile(m, fullgraph=True)
+    out = compiled(query, ref, flat, SHAPES, STARTS)
+    torch.testing.assert_close(out, m(query, ref, flat, SHAPES, STARTS), atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert m.value_proj.weight.grad is not None
