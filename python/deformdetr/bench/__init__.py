@@ -1,0 +1,1 @@
+"""Speed comparisons against reference implementations, measured side by side in one run."""
