@@ -57,7 +57,8 @@ Problem<T> make_problem(int64_t batch, int64_t queries /* 0: encoder */) {
       float ref_x = uniform(rng), ref_y = uniform(rng);
       if (encoder) {  // the centre of the query's own pixel
         int64_t level = 0, pos = q;
-        while (pos >= kLevels[level][0] * kLevels[level][1]) pos -= kLevels[level][0] * kLevels[level++][1];
+        while (pos >= kLevels[level][0] * kLevels[level][1])
+          pos -= kLevels[level][0] * kLevels[level++][1];
         ref_x = (pos % kLevels[level][1] + 0.5f) / kLevels[level][1];
         ref_y = (pos / kLevels[level][1] + 0.5f) / kLevels[level][0];
       }
@@ -82,7 +83,9 @@ double median_ms(int repeat, F&& fn) {
   for (int r = 0; r < repeat; ++r) {
     auto start = std::chrono::steady_clock::now();
     fn();
-    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    times.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+            .count());
   }
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
@@ -115,12 +118,17 @@ int main(int argc, char** argv) {
   bool use_double = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
-    else if (arg == "--repeat" && i + 1 < argc) repeat = std::atoi(argv[++i]);
-    else if (arg == "--batch" && i + 1 < argc) batch = std::atoll(argv[++i]);
-    else if (arg == "--double") use_double = true;
+    if (arg == "--threads" && i + 1 < argc)
+      threads = std::atoi(argv[++i]);
+    else if (arg == "--repeat" && i + 1 < argc)
+      repeat = std::atoi(argv[++i]);
+    else if (arg == "--batch" && i + 1 < argc)
+      batch = std::atoll(argv[++i]);
+    else if (arg == "--double")
+      use_double = true;
     else {
-      std::fprintf(stderr, "usage: %s [--threads T] [--repeat R] [--batch N] [--double]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads T] [--repeat R] [--batch N] [--double]\n",
+                   argv[0]);
       return 2;
     }
   }

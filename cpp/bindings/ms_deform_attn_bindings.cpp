@@ -37,11 +37,11 @@ AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
   check_same_dtype(a.attention_weights, a.value);
   check_dtype(a.spatial_shapes, {DType::int64});
   check_dtype(a.level_start_index, {DType::int64});
-  for (const ArgInfo* x : {&a.spatial_shapes, &a.level_start_index, &a.sampling_locations,
-                           &a.attention_weights})
+  for (const ArgInfo* x :
+       {&a.spatial_shapes, &a.level_start_index, &a.sampling_locations, &a.attention_weights})
     check_same_device(*x, a.value);
-  for (const ArgInfo* x : {&a.value, &a.spatial_shapes, &a.level_start_index,
-                           &a.sampling_locations, &a.attention_weights})
+  for (const ArgInfo* x : {&a.value, &a.spatial_shapes, &a.level_start_index, &a.sampling_locations,
+                           &a.attention_weights})
     check_contiguous(*x);
 
   MsDeformAttnDims& d = a.dims;
@@ -74,8 +74,7 @@ AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
       const int64_t h = shapes[2 * l], w = shapes[2 * l + 1];
       if (h < 1 || w < 1) {
         std::ostringstream out;
-        out << "spatial_shapes[" << l << "] = (" << h << ", " << w
-            << ") must be positive (H, W)";
+        out << "spatial_shapes[" << l << "] = (" << h << ", " << w << ") must be positive (H, W)";
         fail_value(out.str());
       }
       if (starts[l] != offset) {
@@ -117,10 +116,14 @@ ArgInfo check_output(const char* name, const nb::ndarray<>& array, const ArgInfo
 
 CudaDtype cuda_dtype(DType dtype) {
   switch (dtype) {
-    case DType::float64: return CudaDtype::float64;
-    case DType::float16: return CudaDtype::float16;
-    case DType::bfloat16: return CudaDtype::bfloat16;
-    default: return CudaDtype::float32;
+    case DType::float64:
+      return CudaDtype::float64;
+    case DType::float16:
+      return CudaDtype::float16;
+    case DType::bfloat16:
+      return CudaDtype::bfloat16;
+    default:
+      return CudaDtype::float32;
   }
 }
 
@@ -128,8 +131,8 @@ void forward(const ConstArray& value, const ConstArray& spatial_shapes,
              const ConstArray& level_start_index, const ConstArray& sampling_locations,
              const ConstArray& attention_weights, nb::ndarray<> output, int num_threads,
              uintptr_t stream) {
-  AttnArgs a = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                            attention_weights);
+  AttnArgs a =
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const MsDeformAttnDims& d = a.dims;
   ArgInfo out = check_output("output", output, a.value, {d.batch, d.queries, d.heads, d.channels},
                              a.value.dtype);
@@ -139,8 +142,8 @@ void forward(const ConstArray& value, const ConstArray& spatial_shapes,
   if (a.value.on_cuda()) {
 #ifdef DEFORMDETR_WITH_CUDA
     ms_deform_attn_forward_cuda(cuda_dtype(a.value.dtype), d, a.value.data, shapes, starts,
-                                a.sampling_locations.data, a.attention_weights.data,
-                                output.data(), reinterpret_cast<void*>(stream));
+                                a.sampling_locations.data, a.attention_weights.data, output.data(),
+                                a.value.device_id, reinterpret_cast<void*>(stream));
 #endif
   } else if (a.value.dtype == DType::float32) {
     ms_deform_attn_forward_cpu<float>(d, static_cast<const float*>(a.value.data), shapes, starts,
@@ -148,8 +151,7 @@ void forward(const ConstArray& value, const ConstArray& spatial_shapes,
                                       static_cast<const float*>(a.attention_weights.data),
                                       static_cast<float*>(output.data()), num_threads);
   } else {
-    ms_deform_attn_forward_cpu<double>(d, static_cast<const double*>(a.value.data), shapes,
-                                       starts,
+    ms_deform_attn_forward_cpu<double>(d, static_cast<const double*>(a.value.data), shapes, starts,
                                        static_cast<const double*>(a.sampling_locations.data),
                                        static_cast<const double*>(a.attention_weights.data),
                                        static_cast<double*>(output.data()), num_threads);
@@ -163,8 +165,8 @@ void backward(const ConstArray& value, const ConstArray& spatial_shapes,
               const ConstArray& attention_weights, const ConstArray& grad_output,
               nb::ndarray<> grad_value, nb::ndarray<> grad_sampling_locations,
               nb::ndarray<> grad_attention_weights, int num_threads, uintptr_t stream) {
-  AttnArgs a = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                            attention_weights);
+  AttnArgs a =
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const MsDeformAttnDims& d = a.dims;
   ArgInfo go = ArgInfo::of("grad_output", grad_output);
   check_same_device(go, a.value);
@@ -178,8 +180,7 @@ void backward(const ConstArray& value, const ConstArray& spatial_shapes,
   check_contiguous(go);
   // 16-bit CUDA inputs accumulate grad_value in float32 (atomics in half precision lose sums).
   const bool wide_accum = a.value.dtype == DType::float16 || a.value.dtype == DType::bfloat16;
-  check_output("grad_value", grad_value, a.value,
-               {d.batch, d.value_len, d.heads, d.channels},
+  check_output("grad_value", grad_value, a.value, {d.batch, d.value_len, d.heads, d.channels},
                wide_accum ? DType::float32 : a.value.dtype);
   check_output("grad_sampling_locations", grad_sampling_locations, a.value,
                {d.batch, d.queries, d.heads, d.levels, d.points, 2}, a.value.dtype);
@@ -190,25 +191,24 @@ void backward(const ConstArray& value, const ConstArray& spatial_shapes,
   nb::gil_scoped_release release;
   if (a.value.on_cuda()) {
 #ifdef DEFORMDETR_WITH_CUDA
-    ms_deform_attn_backward_cuda(cuda_dtype(a.value.dtype), d, a.value.data, shapes, starts,
-                                 a.sampling_locations.data, a.attention_weights.data, go.data,
-                                 grad_value.data(), grad_sampling_locations.data(),
-                                 grad_attention_weights.data(), reinterpret_cast<void*>(stream));
+    ms_deform_attn_backward_cuda(
+        cuda_dtype(a.value.dtype), d, a.value.data, shapes, starts, a.sampling_locations.data,
+        a.attention_weights.data, go.data, grad_value.data(), grad_sampling_locations.data(),
+        grad_attention_weights.data(), a.value.device_id, reinterpret_cast<void*>(stream));
 #endif
   } else if (a.value.dtype == DType::float32) {
     ms_deform_attn_backward_cpu<float>(
         d, static_cast<const float*>(a.value.data), shapes, starts,
         static_cast<const float*>(a.sampling_locations.data),
-        static_cast<const float*>(a.attention_weights.data),
-        static_cast<const float*>(go.data), static_cast<float*>(grad_value.data()),
-        static_cast<float*>(grad_sampling_locations.data()),
+        static_cast<const float*>(a.attention_weights.data), static_cast<const float*>(go.data),
+        static_cast<float*>(grad_value.data()), static_cast<float*>(grad_sampling_locations.data()),
         static_cast<float*>(grad_attention_weights.data()), num_threads);
   } else {
     ms_deform_attn_backward_cpu<double>(
         d, static_cast<const double*>(a.value.data), shapes, starts,
         static_cast<const double*>(a.sampling_locations.data),
-        static_cast<const double*>(a.attention_weights.data),
-        static_cast<const double*>(go.data), static_cast<double*>(grad_value.data()),
+        static_cast<const double*>(a.attention_weights.data), static_cast<const double*>(go.data),
+        static_cast<double*>(grad_value.data()),
         static_cast<double*>(grad_sampling_locations.data()),
         static_cast<double*>(grad_attention_weights.data()), num_threads);
   }
@@ -219,15 +219,13 @@ void backward(const ConstArray& value, const ConstArray& spatial_shapes,
 
 void register_ms_deform_attn(nb::module_& m) {
   m.def("ms_deform_attn_forward", &forward, nb::arg("value"), nb::arg("spatial_shapes"),
-        nb::arg("level_start_index"), nb::arg("sampling_locations"),
-        nb::arg("attention_weights"), nb::arg("output"), nb::arg("num_threads") = 0,
-        nb::arg("stream") = 0,
+        nb::arg("level_start_index"), nb::arg("sampling_locations"), nb::arg("attention_weights"),
+        nb::arg("output"), nb::arg("num_threads") = 0, nb::arg("stream") = 0,
         "Writes multi-scale deformable attention of the inputs into `output` (N, Lq, M, D).");
   m.def("ms_deform_attn_backward", &backward, nb::arg("value"), nb::arg("spatial_shapes"),
-        nb::arg("level_start_index"), nb::arg("sampling_locations"),
-        nb::arg("attention_weights"), nb::arg("grad_output"), nb::arg("grad_value"),
-        nb::arg("grad_sampling_locations"), nb::arg("grad_attention_weights"),
-        nb::arg("num_threads") = 0, nb::arg("stream") = 0,
+        nb::arg("level_start_index"), nb::arg("sampling_locations"), nb::arg("attention_weights"),
+        nb::arg("grad_output"), nb::arg("grad_value"), nb::arg("grad_sampling_locations"),
+        nb::arg("grad_attention_weights"), nb::arg("num_threads") = 0, nb::arg("stream") = 0,
         "Writes the gradients of multi-scale deformable attention into the three grad buffers.");
 }
 

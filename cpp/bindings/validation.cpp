@@ -26,15 +26,24 @@ DType dtype_of(const nb::dlpack::dtype& dt) {
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::float16: return "float16";
-    case DType::bfloat16: return "bfloat16";
-    case DType::float32: return "float32";
-    case DType::float64: return "float64";
-    case DType::int32: return "int32";
-    case DType::int64: return "int64";
-    case DType::uint8: return "uint8";
-    case DType::boolean: return "bool";
-    default: return "an unsupported dtype";
+    case DType::float16:
+      return "float16";
+    case DType::bfloat16:
+      return "bfloat16";
+    case DType::float32:
+      return "float32";
+    case DType::float64:
+      return "float64";
+    case DType::int32:
+      return "int32";
+    case DType::int64:
+      return "int64";
+    case DType::uint8:
+      return "uint8";
+    case DType::boolean:
+      return "bool";
+    default:
+      return "an unsupported dtype";
   }
 }
 

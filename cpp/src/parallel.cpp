@@ -1,11 +1,12 @@
 #include "deformdetr/parallel.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
-#include <pthread.h>
 #include <thread>
 #include <vector>
 

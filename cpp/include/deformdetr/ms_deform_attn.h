@@ -43,16 +43,17 @@ void ms_deform_attn_backward_cpu(const MsDeformAttnDims& dims, const scalar_t* v
                                  scalar_t* grad_value, scalar_t* grad_sampling_locations,
                                  scalar_t* grad_attention_weights, int num_threads);
 
-// ---- CUDA. scalar_t is float, double, __half or __nv_bfloat16 (passed as void pointers with a CudaDtype tag
-// so that this header stays plain C++). Work is queued on `stream` (a cudaStream_t); nothing
-// synchronises. grad_value is accumulated in `accum_t` (float for 16-bit types): the caller passes
-// a buffer of that type and converts it. spatial_shapes and level_start_index live on the device.
+// ---- CUDA. scalar_t is float, double, __half or __nv_bfloat16 (passed as void pointers with a
+// CudaDtype tag so that this header stays plain C++). Work is queued on `stream` (a cudaStream_t)
+// of GPU `device`; nothing synchronises. grad_value is accumulated in `accum_t` (float for 16-bit
+// types): the caller passes a buffer of that type and converts it. spatial_shapes and
+// level_start_index live on the device.
 enum class CudaDtype { float32, float64, float16, bfloat16 };
 
 void ms_deform_attn_forward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims, const void* value,
                                  const int64_t* spatial_shapes, const int64_t* level_start_index,
                                  const void* sampling_locations, const void* attention_weights,
-                                 void* output, void* stream);
+                                 void* output, int device, void* stream);
 
 // grad_value_accum is float for float16/bfloat16/float32 and double for float64.
 void ms_deform_attn_backward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims, const void* value,
@@ -60,6 +61,6 @@ void ms_deform_attn_backward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims,
                                   const void* sampling_locations, const void* attention_weights,
                                   const void* grad_output, void* grad_value_accum,
                                   void* grad_sampling_locations, void* grad_attention_weights,
-                                  void* stream);
+                                  int device, void* stream);
 
 }  // namespace deformdetr

@@ -3,14 +3,14 @@
 
 namespace deformdetr {
 
-#define DEFORMDETR_DECLARE_VARIANT(NS)                                                          \
-  namespace NS {                                                                                \
-  template <typename T>                                                                         \
-  void forward(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, const T*,     \
-               const T*, T*, int);                                                              \
-  template <typename T>                                                                         \
-  void backward(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, const T*,    \
-                const T*, const T*, T*, T*, T*, int);                                           \
+#define DEFORMDETR_DECLARE_VARIANT(NS)                                                       \
+  namespace NS {                                                                             \
+  template <typename T>                                                                      \
+  void forward(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, const T*,  \
+               const T*, T*, int);                                                           \
+  template <typename T>                                                                      \
+  void backward(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, const T*, \
+                const T*, const T*, T*, T*, T*, int);                                        \
   }
 DEFORMDETR_DECLARE_VARIANT(cpu_baseline)
 #ifdef DEFORMDETR_CPU_AVX2
@@ -53,10 +53,9 @@ void ms_deform_attn_backward_cpu(const MsDeformAttnDims& dims, const scalar_t* v
                                  scalar_t* grad_attention_weights, int num_threads) {
 #ifdef DEFORMDETR_CPU_AVX2
   if (use_avx2())
-    return cpu_avx2::backward<scalar_t>(dims, value, spatial_shapes, level_start_index,
-                                        sampling_locations, attention_weights, grad_output,
-                                        grad_value, grad_sampling_locations,
-                                        grad_attention_weights, num_threads);
+    return cpu_avx2::backward<scalar_t>(
+        dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        grad_output, grad_value, grad_sampling_locations, grad_attention_weights, num_threads);
 #endif
   cpu_baseline::backward<scalar_t>(dims, value, spatial_shapes, level_start_index,
                                    sampling_locations, attention_weights, grad_output, grad_value,
@@ -71,8 +70,8 @@ template void ms_deform_attn_forward_cpu<double>(const MsDeformAttnDims&, const 
                                                  const double*, double*, int);
 template void ms_deform_attn_backward_cpu<float>(const MsDeformAttnDims&, const float*,
                                                  const int64_t*, const int64_t*, const float*,
-                                                 const float*, const float*, float*, float*,
-                                                 float*, int);
+                                                 const float*, const float*, float*, float*, float*,
+                                                 int);
 template void ms_deform_attn_backward_cpu<double>(const MsDeformAttnDims&, const double*,
                                                   const int64_t*, const int64_t*, const double*,
                                                   const double*, const double*, double*, double*,

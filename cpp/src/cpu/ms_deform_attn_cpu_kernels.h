@@ -173,17 +173,18 @@ inline void sample_gradients(int64_t D, const scalar_t* __restrict__ w,
     V::store(g3 + d, V::load(g3 + d) + a3 * g);
   }
   scalar_t tail_w = 0, tail_x = 0, tail_y = 0;
-  if constexpr (kChannels == 0 || kChannels % V::kLanes != 0) for (; d < n; ++d) {
-    const scalar_t g = go[d];
-    const scalar_t v0 = r0[d], v1 = r1[d], v2 = r2[d], v3 = r3[d];
-    tail_w += g * (w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3);
-    tail_x += g * (x0 * v0 + x1 * v1 + x2 * v2 + x3 * v3);
-    tail_y += g * (y0 * v0 + y1 * v1 + y2 * v2 + y3 * v3);
-    g0[d] += a0 * g;
-    g1[d] += a1 * g;
-    g2[d] += a2 * g;
-    g3[d] += a3 * g;
-  }
+  if constexpr (kChannels == 0 || kChannels % V::kLanes != 0)
+    for (; d < n; ++d) {
+      const scalar_t g = go[d];
+      const scalar_t v0 = r0[d], v1 = r1[d], v2 = r2[d], v3 = r3[d];
+      tail_w += g * (w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3);
+      tail_x += g * (x0 * v0 + x1 * v1 + x2 * v2 + x3 * v3);
+      tail_y += g * (y0 * v0 + y1 * v1 + y2 * v2 + y3 * v3);
+      g0[d] += a0 * g;
+      g1[d] += a1 * g;
+      g2[d] += a2 * g;
+      g3[d] += a3 * g;
+    }
   sums[0] += V::sum(pw) + tail_w;
   sums[1] += V::sum(px) + tail_x;
   sums[2] += V::sum(py) + tail_y;
@@ -196,8 +197,8 @@ template <typename scalar_t, int kChannels>
 void backward_queries(const MsDeformAttnDims& dims, const scalar_t* value_nm, int64_t value_row,
                       const int64_t* shapes, const int64_t* starts, const scalar_t* locations,
                       const scalar_t* weights, const scalar_t* grad_output, scalar_t* grad_nm,
-                      int64_t grad_row, scalar_t* grad_locations, scalar_t* grad_weights,
-                      int64_t n, int64_t m, int64_t q_begin, int64_t q_end) {
+                      int64_t grad_row, scalar_t* grad_locations, scalar_t* grad_weights, int64_t n,
+                      int64_t m, int64_t q_begin, int64_t q_end) {
   const int64_t M = dims.heads, L = dims.levels, P = dims.points;
   const int64_t D = channels<kChannels>(dims.channels);
   const std::vector<scalar_t> zero_row(D, scalar_t(0));
@@ -229,8 +230,8 @@ void backward_queries(const MsDeformAttnDims& dims, const scalar_t* value_nm, in
           coefs[12 + k] = *attw * c.weight[k];
         }
         scalar_t sums[3] = {0, 0, 0};  // dL/dweight, dL/dx, dL/dy
-        sample_gradients<scalar_t, kChannels>(D, coefs, c.row[0], c.row[1], c.row[2], c.row[3],
-                                              go, grad_rows[0], grad_rows[1], grad_rows[2],
+        sample_gradients<scalar_t, kChannels>(D, coefs, c.row[0], c.row[1], c.row[2], c.row[3], go,
+                                              grad_rows[0], grad_rows[1], grad_rows[2],
                                               grad_rows[3], sums);
         *gw = sums[0];
         gloc[0] = *attw * sums[1] * (scalar_t)W;
@@ -278,9 +279,8 @@ void backward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const in
         const int64_t n = pair / M, m = pair % M;
         const int64_t offset = n * S * M * D + m * D;
         backward_queries<scalar_t, kChannels>(dims, value + offset, M * D, shapes, starts,
-                                              locations, weights, grad_output,
-                                              grad_value + offset, M * D, grad_locations,
-                                              grad_weights, n, m, 0, Q);
+                                              locations, weights, grad_output, grad_value + offset,
+                                              M * D, grad_locations, grad_weights, n, m, 0, Q);
       }
     });
     return;
@@ -333,11 +333,9 @@ void backward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const in
 }  // namespace
 
 template <typename scalar_t>
-void forward(const MsDeformAttnDims& dims, const scalar_t* value,
-                                const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                const scalar_t* sampling_locations,
-                                const scalar_t* attention_weights, scalar_t* output,
-                                int num_threads) {
+void forward(const MsDeformAttnDims& dims, const scalar_t* value, const int64_t* spatial_shapes,
+             const int64_t* level_start_index, const scalar_t* sampling_locations,
+             const scalar_t* attention_weights, scalar_t* output, int num_threads) {
   switch (dims.channels) {
     case 32:
       return forward_impl<scalar_t, 32>(dims, value, spatial_shapes, level_start_index,
@@ -352,34 +350,30 @@ void forward(const MsDeformAttnDims& dims, const scalar_t* value,
 }
 
 template <typename scalar_t>
-void backward(const MsDeformAttnDims& dims, const scalar_t* value,
-                                 const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                 const scalar_t* sampling_locations,
-                                 const scalar_t* attention_weights, const scalar_t* grad_output,
-                                 scalar_t* grad_value, scalar_t* grad_sampling_locations,
-                                 scalar_t* grad_attention_weights, int num_threads) {
+void backward(const MsDeformAttnDims& dims, const scalar_t* value, const int64_t* spatial_shapes,
+              const int64_t* level_start_index, const scalar_t* sampling_locations,
+              const scalar_t* attention_weights, const scalar_t* grad_output, scalar_t* grad_value,
+              scalar_t* grad_sampling_locations, scalar_t* grad_attention_weights,
+              int num_threads) {
   switch (dims.channels) {
     case 32:
-      return backward_impl<scalar_t, 32>(dims, value, spatial_shapes, level_start_index,
-                                         sampling_locations, attention_weights, grad_output,
-                                         grad_value, grad_sampling_locations,
-                                         grad_attention_weights, num_threads);
+      return backward_impl<scalar_t, 32>(
+          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+          grad_output, grad_value, grad_sampling_locations, grad_attention_weights, num_threads);
     case 64:
-      return backward_impl<scalar_t, 64>(dims, value, spatial_shapes, level_start_index,
-                                         sampling_locations, attention_weights, grad_output,
-                                         grad_value, grad_sampling_locations,
-                                         grad_attention_weights, num_threads);
+      return backward_impl<scalar_t, 64>(
+          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+          grad_output, grad_value, grad_sampling_locations, grad_attention_weights, num_threads);
     default:
-      return backward_impl<scalar_t, 0>(dims, value, spatial_shapes, level_start_index,
-                                        sampling_locations, attention_weights, grad_output,
-                                        grad_value, grad_sampling_locations,
-                                        grad_attention_weights, num_threads);
+      return backward_impl<scalar_t, 0>(
+          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+          grad_output, grad_value, grad_sampling_locations, grad_attention_weights, num_threads);
   }
 }
 
 #define DEFORMDETR_INSTANTIATE(T)                                                              \
   template void forward<T>(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*,  \
-                           const T*, const T*, T*, int);                                      \
+                           const T*, const T*, T*, int);                                       \
   template void backward<T>(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, \
                             const T*, const T*, const T*, T*, T*, T*, int);
 DEFORMDETR_INSTANTIATE(float)

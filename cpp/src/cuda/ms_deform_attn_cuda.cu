@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -20,23 +21,39 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
 
-template <typename T> struct Accum { using type = float; };
-template <> struct Accum<double> { using type = double; };
+template <typename T>
+struct Accum {
+  using type = float;
+};
+template <>
+struct Accum<double> {
+  using type = double;
+};
 
-template <typename T> __device__ __forceinline__ float to_accum(T x) { return static_cast<float>(x); }
-template <> __device__ __forceinline__ float to_accum<__half>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_accum<__nv_bfloat16>(__nv_bfloat16 x) {
+template <typename T>
+__device__ __forceinline__ float to_accum(T x) {
+  return static_cast<float>(x);
+}
+template <>
+__device__ __forceinline__ float to_accum<__half>(__half x) {
+  return __half2float(x);
+}
+template <>
+__device__ __forceinline__ float to_accum<__nv_bfloat16>(__nv_bfloat16 x) {
   return __bfloat162float(x);
 }
 __device__ __forceinline__ double to_accum(double x) { return x; }
 
-template <typename T, typename A> __device__ __forceinline__ T from_accum(A x) {
+template <typename T, typename A>
+__device__ __forceinline__ T from_accum(A x) {
   return static_cast<T>(x);
 }
-template <> __device__ __forceinline__ __half from_accum<__half, float>(float x) {
+template <>
+__device__ __forceinline__ __half from_accum<__half, float>(float x) {
   return __float2half(x);
 }
-template <> __device__ __forceinline__ __nv_bfloat16 from_accum<__nv_bfloat16, float>(float x) {
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_accum<__nv_bfloat16, float>(float x) {
   return __float2bfloat16(x);
 }
 
@@ -89,106 +106,110 @@ __device__ __forceinline__ bool level_in_bounds(int64_t start, int64_t h, int64_
 template <typename T>
 __global__ void forward_kernel(MsDeformAttnDims dims, const T* __restrict__ value,
                                const int64_t* __restrict__ shapes,
-                               const int64_t* __restrict__ starts,
-                               const T* __restrict__ locations, const T* __restrict__ weights,
-                               T* __restrict__ output) {
+                               const int64_t* __restrict__ starts, const T* __restrict__ locations,
+                               const T* __restrict__ weights, T* __restrict__ output) {
   using A = typename Accum<T>::type;
   const int64_t M = dims.heads, L = dims.levels, P = dims.points, D = dims.channels;
   const int64_t S = dims.value_len;
   const int lane = threadIdx.x % kWarp;
-  const int64_t head_row =
-      (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;  // (n * Lq + q) * M + m
-  if (head_row >= dims.batch * dims.queries * M) return;
-  const int64_t m = head_row % M;
-  const int64_t n = head_row / (M * dims.queries);
-  const T* loc = locations + head_row * L * P * 2;
-  const T* attw = weights + head_row * L * P;
-  T* out = output + head_row * D;
-  for (int64_t d0 = 0; d0 < D; d0 += kWarp) {
-    const int64_t d = d0 + lane;
-    const bool active = d < D;
-    A acc = 0;
-    for (int64_t l = 0; l < L; ++l) {
-      const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
-      if (!level_in_bounds(start, H, W, S)) continue;
-      const T* level_value = value + ((n * S + start) * M + m) * D + d;
-      for (int64_t p = 0; p < P; ++p) {
-        const int64_t i = l * P + p;
-        const Corners<A> c =
-            bilinear_corners<A>(to_accum(loc[2 * i]), to_accum(loc[2 * i + 1]), H, W);
-        if (!c.any || !active) continue;
-        const A w = to_accum(attw[i]);
+  const int64_t rows = dims.batch * dims.queries * M;
+  // Grid-stride over head rows (n * Lq + q) * M + m; the whole warp shares one row.
+  for (int64_t head_row = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
+       head_row < rows; head_row += (int64_t)gridDim.x * kWarpsPerBlock) {
+    const int64_t m = head_row % M;
+    const int64_t n = head_row / (M * dims.queries);
+    const T* loc = locations + head_row * L * P * 2;
+    const T* attw = weights + head_row * L * P;
+    T* out = output + head_row * D;
+    for (int64_t d0 = 0; d0 < D; d0 += kWarp) {
+      const int64_t d = d0 + lane;
+      const bool active = d < D;
+      A acc = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
+        if (!level_in_bounds(start, H, W, S)) continue;
+        const T* level_value = value + ((n * S + start) * M + m) * D + d;
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t i = l * P + p;
+          const Corners<A> c =
+              bilinear_corners<A>(to_accum(loc[2 * i]), to_accum(loc[2 * i + 1]), H, W);
+          if (!c.any || !active) continue;
+          const A w = to_accum(attw[i]);
 #pragma unroll
-        for (int k = 0; k < 4; ++k)
-          if (c.inside[k]) acc += w * c.weight[k] * to_accum(level_value[c.offset[k] * M * D]);
+          for (int k = 0; k < 4; ++k)
+            if (c.inside[k]) acc += w * c.weight[k] * to_accum(level_value[c.offset[k] * M * D]);
+        }
       }
+      if (active) out[d] = from_accum<T, A>(acc);
     }
-    if (active) out[d] = from_accum<T, A>(acc);
   }
 }
 
 template <typename A>
 __device__ __forceinline__ A warp_sum(A x) {
 #pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_down_sync(0xffffffffu, x, offset);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2)
+    x += __shfl_down_sync(0xffffffffu, x, offset);
   return x;
 }
 
 template <typename T>
 __global__ void backward_kernel(MsDeformAttnDims dims, const T* __restrict__ value,
                                 const int64_t* __restrict__ shapes,
-                                const int64_t* __restrict__ starts,
-                                const T* __restrict__ locations, const T* __restrict__ weights,
-                                const T* __restrict__ grad_output,
+                                const int64_t* __restrict__ starts, const T* __restrict__ locations,
+                                const T* __restrict__ weights, const T* __restrict__ grad_output,
                                 typename Accum<T>::type* __restrict__ grad_value,
                                 T* __restrict__ grad_locations, T* __restrict__ grad_weights) {
   using A = typename Accum<T>::type;
   const int64_t M = dims.heads, L = dims.levels, P = dims.points, D = dims.channels;
   const int64_t S = dims.value_len;
   const int lane = threadIdx.x % kWarp;
-  const int64_t head_row = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-  // The whole warp leaves together, so the shuffles below always see 32 active lanes.
-  if (head_row >= dims.batch * dims.queries * M) return;
-  const int64_t m = head_row % M;
-  const int64_t n = head_row / (M * dims.queries);
-  const T* loc = locations + head_row * L * P * 2;
-  const T* attw = weights + head_row * L * P;
-  const T* go = grad_output + head_row * D;
-  T* gloc = grad_locations + head_row * L * P * 2;
-  T* gw = grad_weights + head_row * L * P;
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
-    const bool level_ok = level_in_bounds(start, H, W, S);
-    const int64_t level_offset = ((n * S + (level_ok ? start : 0)) * M + m) * D;
-    for (int64_t p = 0; p < P; ++p) {
-      const int64_t i = l * P + p;
-      const A w = to_accum(attw[i]);
-      Corners<A> c;
-      c.any = false;
-      if (level_ok) c = bilinear_corners<A>(to_accum(loc[2 * i]), to_accum(loc[2 * i + 1]), H, W);
-      A grad_weight = 0, grad_x = 0, grad_y = 0;
-      if (c.any) {
-        for (int64_t d = lane; d < D; d += kWarp) {
-          const A g = to_accum(go[d]);
+  const int64_t rows = dims.batch * dims.queries * M;
+  // Grid-stride over head rows; the whole warp shares one row, so the shuffles below always see
+  // 32 active lanes.
+  for (int64_t head_row = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
+       head_row < rows; head_row += (int64_t)gridDim.x * kWarpsPerBlock) {
+    const int64_t m = head_row % M;
+    const int64_t n = head_row / (M * dims.queries);
+    const T* loc = locations + head_row * L * P * 2;
+    const T* attw = weights + head_row * L * P;
+    const T* go = grad_output + head_row * D;
+    T* gloc = grad_locations + head_row * L * P * 2;
+    T* gw = grad_weights + head_row * L * P;
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
+      const bool level_ok = level_in_bounds(start, H, W, S);
+      const int64_t level_offset = ((n * S + (level_ok ? start : 0)) * M + m) * D;
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t i = l * P + p;
+        const A w = to_accum(attw[i]);
+        Corners<A> c;
+        c.any = false;
+        if (level_ok) c = bilinear_corners<A>(to_accum(loc[2 * i]), to_accum(loc[2 * i + 1]), H, W);
+        A grad_weight = 0, grad_x = 0, grad_y = 0;
+        if (c.any) {
+          for (int64_t d = lane; d < D; d += kWarp) {
+            const A g = to_accum(go[d]);
 #pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            if (!c.inside[k]) continue;
-            const int64_t at = level_offset + c.offset[k] * M * D + d;
-            const A dot = g * to_accum(value[at]);
-            grad_weight += c.weight[k] * dot;
-            grad_x += c.dweight_dx[k] * dot;
-            grad_y += c.dweight_dy[k] * dot;
-            atomicAdd(grad_value + at, w * c.weight[k] * g);
+            for (int k = 0; k < 4; ++k) {
+              if (!c.inside[k]) continue;
+              const int64_t at = level_offset + c.offset[k] * M * D + d;
+              const A dot = g * to_accum(value[at]);
+              grad_weight += c.weight[k] * dot;
+              grad_x += c.dweight_dx[k] * dot;
+              grad_y += c.dweight_dy[k] * dot;
+              atomicAdd(grad_value + at, w * c.weight[k] * g);
+            }
           }
         }
-      }
-      grad_weight = warp_sum(grad_weight);
-      grad_x = warp_sum(grad_x);
-      grad_y = warp_sum(grad_y);
-      if (lane == 0) {
-        gw[i] = from_accum<T, A>(grad_weight);
-        gloc[2 * i] = from_accum<T, A>(w * grad_x * (A)W);
-        gloc[2 * i + 1] = from_accum<T, A>(w * grad_y * (A)H);
+        grad_weight = warp_sum(grad_weight);
+        grad_x = warp_sum(grad_x);
+        grad_y = warp_sum(grad_y);
+        if (lane == 0) {
+          gw[i] = from_accum<T, A>(grad_weight);
+          gloc[2 * i] = from_accum<T, A>(w * grad_x * (A)W);
+          gloc[2 * i + 1] = from_accum<T, A>(w * grad_y * (A)H);
+        }
       }
     }
   }
@@ -197,14 +218,36 @@ __global__ void backward_kernel(MsDeformAttnDims dims, const T* __restrict__ val
 void check_launch(const char* what) {
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
-    throw std::runtime_error(std::string("deformdetr: CUDA ") + what + " failed: " +
-                             cudaGetErrorString(err));
+    throw std::runtime_error(std::string("deformdetr: CUDA ") + what +
+                             " failed: " + cudaGetErrorString(err));
 }
+
+// Enough blocks to fill any current GPU many times over; larger problems grid-stride.
+constexpr int64_t kMaxBlocks = 1 << 20;
 
 int64_t num_blocks(const MsDeformAttnDims& d) {
   const int64_t rows = d.batch * d.queries * d.heads;
-  return (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  return std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks);
 }
+
+// Makes `device` current for the launch and restores the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    cudaGetDevice(&previous_);
+    if (previous_ != device) cudaSetDevice(device);
+  }
+  ~DeviceGuard() {
+    int current = previous_;
+    cudaGetDevice(&current);
+    if (current != previous_) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
 
 template <typename T>
 void launch_forward(const MsDeformAttnDims& d, const void* value, const int64_t* shapes,
@@ -239,7 +282,8 @@ void launch_backward(const MsDeformAttnDims& d, const void* value, const int64_t
 void ms_deform_attn_forward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims, const void* value,
                                  const int64_t* spatial_shapes, const int64_t* level_start_index,
                                  const void* sampling_locations, const void* attention_weights,
-                                 void* output, void* stream) {
+                                 void* output, int device, void* stream) {
+  DeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case CudaDtype::float32:
@@ -262,29 +306,26 @@ void ms_deform_attn_backward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims,
                                   const void* sampling_locations, const void* attention_weights,
                                   const void* grad_output, void* grad_value_accum,
                                   void* grad_sampling_locations, void* grad_attention_weights,
-                                  void* stream) {
+                                  int device, void* stream) {
+  DeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case CudaDtype::float32:
-      return launch_backward<float>(dims, value, spatial_shapes, level_start_index,
-                                    sampling_locations, attention_weights, grad_output,
-                                    grad_value_accum, grad_sampling_locations,
-                                    grad_attention_weights, s);
+      return launch_backward<float>(
+          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+          grad_output, grad_value_accum, grad_sampling_locations, grad_attention_weights, s);
     case CudaDtype::float64:
-      return launch_backward<double>(dims, value, spatial_shapes, level_start_index,
-                                     sampling_locations, attention_weights, grad_output,
-                                     grad_value_accum, grad_sampling_locations,
-                                     grad_attention_weights, s);
+      return launch_backward<double>(
+          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+          grad_output, grad_value_accum, grad_sampling_locations, grad_attention_weights, s);
     case CudaDtype::float16:
-      return launch_backward<__half>(dims, value, spatial_shapes, level_start_index,
-                                     sampling_locations, attention_weights, grad_output,
-                                     grad_value_accum, grad_sampling_locations,
-                                     grad_attention_weights, s);
+      return launch_backward<__half>(
+          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+          grad_output, grad_value_accum, grad_sampling_locations, grad_attention_weights, s);
     case CudaDtype::bfloat16:
-      return launch_backward<__nv_bfloat16>(dims, value, spatial_shapes, level_start_index,
-                                            sampling_locations, attention_weights, grad_output,
-                                            grad_value_accum, grad_sampling_locations,
-                                            grad_attention_weights, s);
+      return launch_backward<__nv_bfloat16>(
+          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+          grad_output, grad_value_accum, grad_sampling_locations, grad_attention_weights, s);
   }
 }
 
