@@ -55,6 +55,41 @@ void reset_matching(int64_t n, int64_t m, AssignmentWorkspace& ws) {
   std::iota(ws.free_rows.begin(), ws.free_rows.end(), int64_t{0});
 }
 
+// Square problems only (columns may not keep v = 0 otherwise): each column's dual becomes its
+// smallest cost, and the column goes to that cheapest row when the row has none yet. With u = 0
+// every reduced cost is then >= 0 and every matched pair tight; the row reduction that follows
+// starts from prices that already reflect the competition for each column.
+void column_reduction(const double* cost, int64_t n, AssignmentWorkspace& ws) {
+  std::vector<double>& v = ws.col_dual;
+  std::vector<int64_t>& cheapest_row = ws.path;
+  v.assign((size_t)n, kInf);
+  cheapest_row.assign((size_t)n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const double* row = cost + i * n;
+    for (int64_t j = 0; j < n; ++j) {
+      if (row[j] < v[(size_t)j]) {
+        v[(size_t)j] = row[j];
+        cheapest_row[(size_t)j] = i;
+      }
+    }
+  }
+  ws.free_rows.clear();
+  for (int64_t j = n; j-- > 0;) {
+    const int64_t i = cheapest_row[(size_t)j];
+    // A column whose entries are all +inf can never be matched: leave it to the search to report.
+    if (!(v[(size_t)j] < kInf)) {
+      v[(size_t)j] = 0.0;
+      continue;
+    }
+    if (ws.col_of_row[(size_t)i] < 0) {
+      ws.col_of_row[(size_t)i] = j;
+      ws.row_of_col[(size_t)j] = i;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i)
+    if (ws.col_of_row[(size_t)i] < 0) ws.free_rows.push_back(i);
+}
+
 // Jonker-Volgenant's augmenting row reduction, from column duals v = 0: each free row takes its
 // cheapest column and lowers that column's dual until the row is indifferent between it and its
 // second choice, evicting the previous owner. This settles most rows of a dense problem at O(m)
@@ -206,6 +241,7 @@ bool augment_from(const double* cost, int64_t m, int64_t start, AssignmentWorksp
 AssignmentStatus solve_wide(int64_t n, int64_t m, AssignmentWorkspace& ws) {
   const double* cost = ws.cost.data();
   reset_matching(n, m, ws);
+  if (n == m) column_reduction(cost, n, ws);
   augmenting_row_reduction(cost, n, m, ws);
   for (int64_t row : ws.free_rows)
     if (!augment_from(cost, m, row, ws)) return AssignmentStatus::infeasible;

@@ -3,9 +3,10 @@
 // Given a rows x cols cost matrix, choose k = min(rows, cols) entries, no two in the same row or
 // column, with the smallest (or, with maximize, largest) sum. +inf marks a forbidden pair.
 //
-// The solver is a shortest augmenting path method in the Jonker-Volgenant family: an auction-like
-// augmenting row reduction first settles most rows cheaply, then one Dijkstra search per remaining
-// row finds the cheapest augmenting path on reduced costs (Crouse 2016 shows the rectangular case).
+// The solver is a shortest augmenting path method in the Jonker-Volgenant family: a column
+// reduction (square problems) and an auction-like augmenting row reduction first settle most rows
+// cheaply, then one Dijkstra search per remaining row finds the cheapest augmenting path on
+// reduced costs (Crouse 2016 shows the rectangular case).
 // Tall matrices are solved transposed, so the search always runs over the longer side.
 #pragma once
 
