@@ -145,4 +145,23 @@ void check_cuda_available(const ArgInfo& a) {
                "; deformdetr kernels run on CPU and CUDA tensors only");
 }
 
+void check_cpu(const ArgInfo& a, const char* hint) {
+  if (a.device_type != nb::device::cpu::value)
+    fail_value(std::string(a.name) + " must be on the CPU, got a tensor on " +
+               device_string(a.device_type, a.device_id) + "; " + hint);
+}
+
+void check_contiguous_unless_empty(const ArgInfo& a) {
+  if (a.numel() != 0) check_contiguous(a);
+}
+
+void check_shape(const ArgInfo& a, const std::vector<int64_t>& expected) {
+  if (a.shape != expected) {
+    ArgInfo e = a;
+    e.shape = expected;
+    fail_value(std::string(a.name) + " must have shape " + e.shape_str() + ", got " +
+               a.shape_str());
+  }
+}
+
 }  // namespace deformdetr::bindings
