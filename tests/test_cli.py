@@ -25,3 +25,10 @@ def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit) as exit_info:
         main(["no-such-command"])
     assert exit_info.value.code == 2
+
+
+def test_bench_matcher_reports_agreement(capsys):
+    args = ["bench", "matcher", "--batch", "2", "--queries", "20", "--classes", "5"]
+    assert main(args + ["--repeats", "1", "--lsa-size", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "same total cost: True" in out and "speed-up" in out

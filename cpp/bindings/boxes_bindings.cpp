@@ -20,7 +20,7 @@ ArgInfo check_boxes(const char* name, const ConstArray& boxes, bool rows_only) {
     fail_value(std::string(name) + " must have a last dimension of 4 box coordinates, got shape " +
                a.shape_str());
   check_dtype(a, {DType::float32, DType::float64});
-  check_contiguous_unless_empty(a);
+  check_contiguous(a);
   return a;
 }
 
@@ -30,7 +30,7 @@ ArgInfo check_result(const char* name, const nb::ndarray<>& out, const ArgInfo& 
   check_cpu(a, kCpuOnly);
   check_same_dtype(a, like);
   check_shape(a, shape);
-  check_contiguous_unless_empty(a);
+  check_contiguous(a);
   return a;
 }
 

@@ -40,7 +40,7 @@ ArgInfo check_index_output(const char* name, const nb::ndarray<>& array, int64_t
   check_cpu(a, kCpuOnly);
   check_dtype(a, {DType::int64});
   check_shape(a, {length});
-  check_contiguous_unless_empty(a);
+  check_contiguous(a);
   return a;
 }
 
@@ -162,7 +162,7 @@ MatchArgs check_match_inputs(const ConstArray& logits, const ConstArray& pred_bo
   for (const ArgInfo* x : {&a.logits, &a.pred_boxes, &a.target_sizes, &a.target_labels,
                            &a.target_boxes}) {
     check_cpu(*x, kCpuOnly);
-    check_contiguous_unless_empty(*x);
+    check_contiguous(*x);
   }
   check_rank(a.logits, 3, "(B, Q, C)");
   check_rank(a.pred_boxes, 3, "(B, Q, 4)");

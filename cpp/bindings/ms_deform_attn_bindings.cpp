@@ -100,16 +100,8 @@ ArgInfo check_output(const char* name, const nb::ndarray<>& array, const ArgInfo
                      std::initializer_list<int64_t> shape, DType dtype) {
   ArgInfo out = ArgInfo::of(name, array);
   check_same_device(out, like);
-  if (out.dtype != dtype)
-    fail_type(std::string(name) + " must be " + dtype_name(dtype) + ", got " +
-              dtype_name(out.dtype));
-  std::vector<int64_t> expected(shape);
-  if (out.shape != expected) {
-    ArgInfo e = out;
-    e.shape = expected;
-    fail_value(std::string(name) + " must have shape " + e.shape_str() + ", got " +
-               out.shape_str());
-  }
+  check_dtype(out, {dtype});
+  check_shape(out, std::vector<int64_t>(shape));
   check_contiguous(out);
   return out;
 }
@@ -171,12 +163,7 @@ void backward(const ConstArray& value, const ConstArray& spatial_shapes,
   ArgInfo go = ArgInfo::of("grad_output", grad_output);
   check_same_device(go, a.value);
   check_same_dtype(go, a.value);
-  std::vector<int64_t> go_shape = {d.batch, d.queries, d.heads, d.channels};
-  if (go.shape != go_shape) {
-    ArgInfo e = go;
-    e.shape = go_shape;
-    fail_value("grad_output must have shape " + e.shape_str() + ", got " + go.shape_str());
-  }
+  check_shape(go, {d.batch, d.queries, d.heads, d.channels});
   check_contiguous(go);
   // 16-bit CUDA inputs accumulate grad_value in float32 (atomics in half precision lose sums).
   const bool wide_accum = a.value.dtype == DType::float16 || a.value.dtype == DType::bfloat16;

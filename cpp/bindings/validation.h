@@ -70,8 +70,6 @@ void check_dim(const ArgInfo& a, size_t i, int64_t expected, const char* what);
 void check_cuda_available(const ArgInfo& a);
 // Raises unless a lives in host memory (for functions that only have CPU kernels).
 void check_cpu(const ArgInfo& a, const char* hint);
-// check_contiguous, except that an empty array (whose strides mean nothing) always passes.
-void check_contiguous_unless_empty(const ArgInfo& a);
 // Checks the whole shape, with a message that shows both shapes.
 void check_shape(const ArgInfo& a, const std::vector<int64_t>& expected);
 
