@@ -1,0 +1,338 @@
+"""Deformable DETR (Zhu et al., ICLR 2021): the detector, its five official variants, and loading
+of official checkpoints. Module and parameter names equal the official implementation's."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deformdetr.models.backbone import Backbone, Joiner, load_backbone_weights
+from deformdetr.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
+from deformdetr.models.nested import as_padded_batch, resize_mask
+from deformdetr.models.position_encoding import build_position_encoding
+
+__all__ = [
+    "MLP",
+    "DeformableDETR",
+    "DeformableDETRConfig",
+    "VARIANTS",
+    "deformable_detr",
+    "build_deformable_detr",
+    "load_checkpoint",
+]
+
+
+class MLP(nn.Module):
+    """A few linear layers with ReLU between them (the box head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.num_layers = num_layers
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for index, layer in enumerate(self.layers):
+            x = layer(x) if index == self.num_layers - 1 else F.relu(layer(x))
+        return x
+
+
+class DeformableDETR(nn.Module):
+    def __init__(
+        self,
+        backbone: Joiner,
+        transformer: DeformableTransformer,
+        num_classes: int,
+        num_queries: int,
+        num_feature_levels: int,
+        aux_loss: bool = True,
+        with_box_refine: bool = False,
+        two_stage: bool = False,
+    ):
+        super().__init__()
+        if two_stage and not with_box_refine:
+            # The official two-stage model always runs with box refinement; its encoder head
+            # reuses the refinement heads' extra copy.
+            raise ValueError("two_stage=True requires with_box_refine=True (as in the official code)")
+        self.num_queries = num_queries
+        self.transformer = transformer
+        hidden_dim = transformer.d_model
+        self.class_embed = nn.Linear(hidden_dim, num_classes)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        self.num_feature_levels = num_feature_levels
+        if not two_stage:
+            self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
+        self.input_proj = self._input_projections(backbone, hidden_dim, num_feature_levels)
+        self.backbone = backbone
+        self.aux_loss = aux_loss
+        self.with_box_refine = with_box_refine
+        self.two_stage = two_stage
+        self._init_heads(num_classes)
+        self._share_or_clone_heads()
+
+    @staticmethod
+    def _input_projections(backbone: Joiner, hidden_dim: int, num_feature_levels: int) -> nn.ModuleList:
+        """1x1 conv + GroupNorm per backbone stage; extra levels are stride-2 3x3 convs."""
+        projections = []
+        in_channels = backbone.num_channels[0]
+        for in_channels in backbone.num_channels[:num_feature_levels]:
+            projections.append(
+                nn.Sequential(nn.Conv2d(in_channels, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
+            )
+        for _ in range(num_feature_levels - len(backbone.num_channels)):
+            projections.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
+                    nn.GroupNorm(32, hidden_dim),
+                )
+            )
+            in_channels = hidden_dim
+        for projection in projections:
+            nn.init.xavier_uniform_(projection[0].weight, gain=1)
+            nn.init.constant_(projection[0].bias, 0)
+        return nn.ModuleList(projections)
+
+    def _init_heads(self, num_classes: int) -> None:
+        # Focal-loss prior: every class starts at probability 0.01.
+        prior_prob = 0.01
+        nn.init.constant_(self.class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(self.bbox_embed.layers[-1].weight, 0)
+        nn.init.constant_(self.bbox_embed.layers[-1].bias, 0)
+
+    def _share_or_clone_heads(self) -> None:
+        """One head per decoder layer (plus one for the two-stage encoder): independent copies
+        with box refinement, the same module repeated without it (state-dict keys as official)."""
+        decoder = self.transformer.decoder
+        num_pred = decoder.num_layers + 1 if self.two_stage else decoder.num_layers
+        if self.with_box_refine:
+            self.class_embed = nn.ModuleList(copy.deepcopy(self.class_embed) for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(self.bbox_embed) for _ in range(num_pred))
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+            decoder.bbox_embed = self.bbox_embed
+        else:
+            nn.init.constant_(self.bbox_embed.layers[-1].bias[2:], -2.0)
+            self.class_embed = nn.ModuleList(self.class_embed for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(self.bbox_embed for _ in range(num_pred))
+            decoder.bbox_embed = None
+        if self.two_stage:
+            decoder.class_embed = self.class_embed
+            for box_embed in self.bbox_embed:
+                nn.init.constant_(box_embed.layers[-1].bias[2:], 0.0)
+
+    def forward(self, images: Union[Tensor, Sequence[Tensor]], mask: Optional[Tensor] = None) -> dict:
+        """images: a list of (3, H, W) tensors of any sizes (padded here), or a (B, 3, H, W)
+        tensor with an optional (B, H, W) mask, True at padding. Boxes come out normalised
+        (cx, cy, w, h) relative to each image's own (unpadded) size."""
+        images, mask = as_padded_batch(images, mask)
+        features, pos = self.backbone(images, mask)
+        srcs, masks = [], []
+        for level, (feature, feature_mask) in enumerate(features[: self.num_feature_levels]):
+            srcs.append(self.input_proj[level](feature))
+            masks.append(feature_mask)
+        for level in range(len(srcs), self.num_feature_levels):
+            source = features[-1][0] if level == len(features) else srcs[-1]
+            src = self.input_proj[level](source)
+            level_mask = resize_mask(mask, src.shape[-2:])
+            srcs.append(src)
+            masks.append(level_mask)
+            pos.append(self.backbone[1](src, level_mask).to(src.dtype))
+        query_embeds = None if self.two_stage else self.query_embed.weight
+        hs, init_reference, inter_references, enc_class, enc_coord_unact = self.transformer(
+            srcs, masks, pos[: self.num_feature_levels], query_embeds
+        )
+        outputs_class, outputs_coord = self._predict(hs, init_reference, inter_references)
+        out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [
+                {"pred_logits": c, "pred_boxes": b} for c, b in zip(outputs_class[:-1], outputs_coord[:-1])
+            ]
+        if self.two_stage:
+            out["enc_outputs"] = {"pred_logits": enc_class, "pred_boxes": enc_coord_unact.sigmoid()}
+        return out
+
+    def _predict(self, hs: Tensor, init_reference: Tensor, inter_references: Tensor):
+        """Class logits and boxes of every decoder layer, each relative to the reference that
+        layer sampled around."""
+        classes, coords = [], []
+        for level in range(hs.shape[0]):
+            reference = inverse_sigmoid(init_reference if level == 0 else inter_references[level - 1])
+            delta = self.bbox_embed[level](hs[level])
+            if reference.shape[-1] == 4:
+                boxes = delta + reference
+            else:
+                boxes = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
+            classes.append(self.class_embed[level](hs[level]))
+            coords.append(boxes.sigmoid())
+        return torch.stack(classes), torch.stack(coords)
+
+
+@dataclass(frozen=True)
+class DeformableDETRConfig:
+    """The model's settings, named and defaulted as the official ``main.py`` arguments."""
+
+    num_classes: int = 91
+    backbone: str = "resnet50"
+    dilation: bool = False
+    position_embedding: str = "sine"
+    position_embedding_scale: float = 2 * math.pi
+    num_feature_levels: int = 4
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 1024
+    hidden_dim: int = 256
+    dropout: float = 0.1
+    nheads: int = 8
+    num_queries: int = 300
+    dec_n_points: int = 4
+    enc_n_points: int = 4
+    with_box_refine: bool = False
+    two_stage: bool = False
+    aux_loss: bool = True
+    lr_backbone: float = 2e-5  # > 0 trains layer2..layer4 of the backbone, as officially
+
+
+#: The five official variants (the official configs/*.sh), as overrides of the defaults.
+VARIANTS = {
+    "single_scale": dict(num_feature_levels=1),
+    "single_scale_dc5": dict(num_feature_levels=1, dilation=True),
+    "multi_scale": dict(),
+    "box_refine": dict(with_box_refine=True),
+    "two_stage": dict(with_box_refine=True, two_stage=True),
+}
+
+
+def build_deformable_detr(config: DeformableDETRConfig) -> DeformableDETR:
+    position_embedding = build_position_encoding(
+        config.hidden_dim, config.position_embedding, config.position_embedding_scale
+    )
+    backbone = Backbone(
+        config.backbone,
+        train_backbone=config.lr_backbone > 0,
+        return_interm_layers=config.num_feature_levels > 1,
+        dilation=config.dilation,
+    )
+    transformer = DeformableTransformer(
+        d_model=config.hidden_dim,
+        nhead=config.nheads,
+        num_encoder_layers=config.enc_layers,
+        num_decoder_layers=config.dec_layers,
+        dim_feedforward=config.dim_feedforward,
+        dropout=config.dropout,
+        activation="relu",
+        return_intermediate_dec=True,
+        num_feature_levels=config.num_feature_levels,
+        dec_n_points=config.dec_n_points,
+        enc_n_points=config.enc_n_points,
+        two_stage=config.two_stage,
+        two_stage_num_proposals=config.num_queries,
+    )
+    model = DeformableDETR(
+        Joiner(backbone, position_embedding),
+        transformer,
+        num_classes=config.num_classes,
+        num_queries=config.num_queries,
+        num_feature_levels=config.num_feature_levels,
+        aux_loss=config.aux_loss,
+        with_box_refine=config.with_box_refine,
+        two_stage=config.two_stage,
+    )
+    model.config = config
+    return model
+
+
+def deformable_detr(
+    variant: str = "multi_scale",
+    num_classes: int = 91,
+    pretrained_backbone: Union[bool, str, None] = None,
+    **overrides,
+) -> DeformableDETR:
+    """Builds one of the five official variants ("single_scale", "single_scale_dc5",
+    "multi_scale", "box_refine", "two_stage") with the official defaults; ``overrides`` use the
+    official argument names (hidden_dim, nheads, enc_layers, ...). ``pretrained_backbone``: True
+    for torchvision's ImageNet weights, or a path/URL of a ResNet state dict."""
+    config = make_config(variant, num_classes=num_classes, **overrides)
+    model = build_deformable_detr(config)
+    if pretrained_backbone:
+        source = None if pretrained_backbone is True else str(pretrained_backbone)
+        load_backbone_weights(model.backbone[0], source)
+    return model
+
+
+def make_config(variant: str = "multi_scale", **overrides) -> DeformableDETRConfig:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+    known = {f.name for f in fields(DeformableDETRConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown Deformable DETR setting(s) {unknown}; known: {sorted(known)}")
+    return replace(DeformableDETRConfig(), **{**VARIANTS[variant], **overrides})
+
+
+def load_checkpoint(path: str, map_location="cpu", strict: bool = True, **overrides) -> DeformableDETR:
+    """Builds the model an official (or deformdetr) checkpoint file was saved from and loads its
+    weights. The variant comes from the checkpoint's saved ``args`` when present, otherwise from
+    the state dict's keys and shapes; ``overrides`` settle what keys cannot tell (``dilation``)."""
+    checkpoint = _read_checkpoint(path, map_location)
+    state = checkpoint["model"] if "model" in checkpoint else checkpoint
+    settings = config_from_state_dict(state)
+    settings.update(_settings_from_args(checkpoint.get("args")))
+    settings.update(overrides)
+    model = build_deformable_detr(replace(DeformableDETRConfig(), **settings))
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def _read_checkpoint(path: str, map_location) -> dict:
+    # Official checkpoints store their argparse.Namespace next to the weights; allow just that.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as error:
+            raise ValueError(f"could not read checkpoint {path!r}: {error}") from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict")
+    return checkpoint
+
+
+def _settings_from_args(args) -> dict:
+    if args is None:
+        return {}
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    known = {f.name for f in fields(DeformableDETRConfig)} - {"num_classes", "num_queries"}
+    return {k: v for k, v in values.items() if k in known}
+
+
+def config_from_state_dict(state: dict) -> dict:
+    """The settings a state dict's keys and shapes determine."""
+    if "transformer.level_embed" not in state:
+        raise ValueError("not a Deformable DETR state dict: no 'transformer.level_embed'")
+    levels, hidden_dim = state["transformer.level_embed"].shape
+
+    def count(prefix: str) -> int:
+        indices = {k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)}
+        return len(indices)
+
+    two_stage = "transformer.enc_output.weight" in state
+    settings = dict(
+        num_classes=state["class_embed.0.weight"].shape[0],
+        hidden_dim=int(hidden_dim),
+        num_feature_levels=int(levels),
+        enc_layers=count("transformer.encoder.layers."),
+        dec_layers=count("transformer.decoder.layers."),
+        dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
+        with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
+        two_stage=two_stage,
+        backbone="resnet101" if "backbone.0.body.layer3.22.conv1.weight" in state else "resnet50",
+        position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
+    )
+    if not two_stage:
+        settings["num_queries"] = state["query_embed.weight"].shape[0]
+    return settings

@@ -1,0 +1,152 @@
+"""ResNet-50/101 with frozen batch norm, written here so that torchvision is not a dependency.
+
+Module names equal torchvision's (conv1, bn1, layer1..layer4, downsample, fc), so torchvision's
+ImageNet state dicts, and the backbone part of official Deformable DETR checkpoints, load as-is.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FrozenBatchNorm2d", "Bottleneck", "ResNet", "resnet50", "resnet101", "RESNET_URLS"]
+
+# torchvision's ImageNet weights (the "V1" weights Deformable DETR was trained from).
+RESNET_URLS = {
+    "resnet50": "https://download.pytorch.org/models/resnet50-19c8e357.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth",
+}
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine parameters, all buffers (never trained).
+
+    Detection batches are too small for batch statistics; DETR freezes them at their ImageNet values.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torchvision's BatchNorm2d state dicts carry a counter this module has no use for.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck: the stride sits on the 3x3 convolution."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        dilation: int = 1,
+    ):
+        super().__init__()
+        width = planes
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(
+            width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.bn3 = FrozenBatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """The torchvision ResNet layout. ``dilate_last=True`` replaces layer4's stride with dilation
+    (the "DC5" backbone: stride 16 instead of 32). ``with_head=False`` leaves out avgpool/fc."""
+
+    def __init__(self, layers: Sequence[int], dilate_last: bool = False, with_head: bool = True):
+        super().__init__()
+        self.inplanes = 64
+        self.dilation = 1
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], stride=2)
+        self.layer3 = self._make_layer(256, layers[2], stride=2)
+        self.layer4 = self._make_layer(512, layers[3], stride=2, dilate=dilate_last)
+        if with_head:
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(512 * Bottleneck.expansion, 1000)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilate: bool = False):
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
+                FrozenBatchNorm2d(planes * Bottleneck.expansion),
+            )
+        # The first block keeps the previous dilation, as torchvision does.
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, previous_dilation)]
+        self.inplanes = planes * Bottleneck.expansion
+        layers += [
+            Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)
+        ]
+        return nn.Sequential(*layers)
+
+    def stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_stages(self, x: Tensor, stages: Sequence[str]) -> dict[str, Tensor]:
+        """Runs up to the last requested stage ("layer1".."layer4"); returns those outputs."""
+        x = self.stem(x)
+        out = {}
+        last = max(int(s[-1]) for s in stages)
+        for index in range(1, last + 1):
+            name = f"layer{index}"
+            x = getattr(self, name)(x)
+            if name in stages:
+                out[name] = x
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.forward_stages(x, ["layer4"])["layer4"]
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet50(**kwargs) -> ResNet:
+    return ResNet([3, 4, 6, 3], **kwargs)
+
+
+def resnet101(**kwargs) -> ResNet:
+    return ResNet([3, 4, 23, 3], **kwargs)
