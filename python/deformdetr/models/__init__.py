@@ -7,7 +7,9 @@ from deformdetr.models.deformable_detr import (
     deformable_detr,
     load_checkpoint,
 )
+from deformdetr.models.criterion import SetCriterion, build_criterion, sigmoid_focal_loss
 from deformdetr.models.matcher import HungarianMatcher
+from deformdetr.models.postprocess import PostProcess
 
 __all__ = [
     "VARIANTS",
@@ -16,4 +18,8 @@ __all__ = [
     "deformable_detr",
     "load_checkpoint",
     "HungarianMatcher",
+    "SetCriterion",
+    "build_criterion",
+    "sigmoid_focal_loss",
+    "PostProcess",
 ]

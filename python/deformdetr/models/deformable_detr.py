@@ -282,10 +282,9 @@ def load_checkpoint(path: str, map_location="cpu", strict: bool = True, **overri
     the state dict's keys and shapes; ``overrides`` settle what keys cannot tell (``dilation``)."""
     checkpoint = _read_checkpoint(path, map_location)
     state = checkpoint["model"] if "model" in checkpoint else checkpoint
-    settings = config_from_state_dict(state)
-    settings.update(_settings_from_args(checkpoint.get("args")))
-    settings.update(overrides)
-    model = build_deformable_detr(replace(DeformableDETRConfig(), **settings))
+    given = {**_settings_from_args(checkpoint.get("args")), **overrides}
+    settings = {**config_from_state_dict(state, nheads=given.get("nheads", 8)), **given}
+    model = build_deformable_detr(make_config("multi_scale", **settings))
     model.load_state_dict(state, strict=strict)
     return model
 
@@ -306,12 +305,13 @@ def _settings_from_args(args) -> dict:
     if args is None:
         return {}
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    known = {f.name for f in fields(DeformableDETRConfig)} - {"num_classes", "num_queries"}
+    known = {f.name for f in fields(DeformableDETRConfig)} - {"num_classes"}  # from the head
     return {k: v for k, v in values.items() if k in known}
 
 
-def config_from_state_dict(state: dict) -> dict:
-    """The settings a state dict's keys and shapes determine."""
+def config_from_state_dict(state: dict, nheads: int = 8) -> dict:
+    """The settings a state dict's keys and shapes determine. The attention projections give
+    heads x levels x points together, so the points per head follow from ``nheads``."""
     if "transformer.level_embed" not in state:
         raise ValueError("not a Deformable DETR state dict: no 'transformer.level_embed'")
     levels, hidden_dim = state["transformer.level_embed"].shape
@@ -322,6 +322,8 @@ def config_from_state_dict(state: dict) -> dict:
 
     two_stage = "transformer.enc_output.weight" in state
     settings = dict(
+        enc_n_points=_points_per_head(state, "encoder", nheads, int(levels)),
+        dec_n_points=_points_per_head(state, "decoder", nheads, int(levels)),
         num_classes=state["class_embed.0.weight"].shape[0],
         hidden_dim=int(hidden_dim),
         num_feature_levels=int(levels),
@@ -336,3 +338,17 @@ def config_from_state_dict(state: dict) -> dict:
     if not two_stage:
         settings["num_queries"] = state["query_embed.weight"].shape[0]
     return settings
+
+
+def _points_per_head(state: dict, part: str, nheads: int, levels: int) -> int:
+    attn = "self_attn" if part == "encoder" else "cross_attn"
+    key = f"transformer.{part}.layers.0.{attn}.attention_weights.weight"
+    if key not in state:
+        return 4
+    total = state[key].shape[0]
+    if total % (nheads * levels) != 0:
+        raise ValueError(
+            f"{key} has {total} outputs, not a multiple of nheads x levels = {nheads} x {levels}: "
+            "pass the checkpoint's nheads to load_checkpoint(..., nheads=...)"
+        )
+    return total // (nheads * levels)

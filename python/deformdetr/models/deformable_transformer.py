@@ -246,10 +246,10 @@ class DeformableTransformer(nn.Module):
             nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
 
-    @staticmethod
-    def get_proposal_pos_embed(proposals: Tensor) -> Tensor:
-        """Sine embedding of proposal boxes (logits): (N, K, 4) -> (N, K, 512)."""
-        num_pos_feats, temperature, scale = 128, 10000, 2 * math.pi
+    def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
+        """Sine embedding of proposal boxes (logits): (N, K, 4) -> (N, K, 2 * d_model). The
+        official code fixes 128 features per coordinate, which is d_model // 2 at its d_model 256."""
+        num_pos_feats, temperature, scale = self.d_model // 2, 10000, 2 * math.pi
         dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=proposals.device)
         dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
         pos = proposals.sigmoid() * scale

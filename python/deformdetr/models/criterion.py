@@ -1,0 +1,171 @@
+"""Deformable DETR's training loss: Hungarian matching, then sigmoid focal loss on the classes and
+L1 + GIoU on the matched boxes, for the final layer, each auxiliary decoder layer and (two-stage)
+the encoder proposals. Loss names and weights are the official ones."""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deformdetr.models.matcher import HungarianMatcher
+from deformdetr.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+
+__all__ = ["SetCriterion", "sigmoid_focal_loss", "official_weight_dict", "build_criterion"]
+
+
+def sigmoid_focal_loss(
+    inputs: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25, gamma: float = 2
+) -> Tensor:
+    """Focal loss (Lin et al.) on logits against 0/1 targets, averaged over queries (dim 1),
+    summed over the batch and classes, divided by the number of target boxes."""
+    prob = inputs.sigmoid()
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.mean(1).sum() / num_boxes
+
+
+def _top1_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    if labels.numel() == 0:
+        return torch.zeros([], device=logits.device)
+    return (logits.argmax(-1) == labels).float().mean() * 100
+
+
+class SetCriterion(nn.Module):
+    """Computes the losses named in ``losses`` ("labels", "boxes", "cardinality"). The returned dict
+    holds unweighted losses; ``weight_dict`` says how to combine them (see :meth:`total`)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: nn.Module,
+        weight_dict: Mapping[str, float],
+        losses: Sequence[str] = ("labels", "boxes", "cardinality"),
+        focal_alpha: float = 0.25,
+    ):
+        super().__init__()
+        unknown = set(losses) - {"labels", "boxes", "cardinality"}
+        if unknown:
+            raise ValueError(f"unknown losses {sorted(unknown)}; known: labels, boxes, cardinality")
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = dict(weight_dict)
+        self.losses = list(losses)
+        self.focal_alpha = focal_alpha
+
+    # ---- the individual losses -------------------------------------------------------------
+
+    def loss_labels(self, outputs, targets, indices, num_boxes, log: bool = True) -> dict:
+        logits = outputs["pred_logits"]
+        batch_idx, query_idx = self._matched_queries(indices, logits.device)
+        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
+        onehot = torch.zeros_like(logits)
+        onehot[batch_idx, query_idx, matched_labels] = 1
+        loss = sigmoid_focal_loss(logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=2)
+        losses = {"loss_ce": loss * logits.shape[1]}
+        if log:
+            losses["class_error"] = 100 - _top1_accuracy(logits[batch_idx, query_idx], matched_labels)
+        return losses
+
+    @torch.no_grad()
+    def loss_cardinality(self, outputs, targets, indices, num_boxes) -> dict:
+        """Logged only: the error in the number of predictions not of the last class."""
+        logits = outputs["pred_logits"]
+        target_counts = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
+        predicted = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
+        return {"cardinality_error": F.l1_loss(predicted.float(), target_counts.float())}
+
+    def loss_boxes(self, outputs, targets, indices, num_boxes) -> dict:
+        batch_idx, query_idx = self._matched_queries(indices, outputs["pred_boxes"].device)
+        src = outputs["pred_boxes"][batch_idx, query_idx]
+        target = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src)
+        loss_bbox = F.l1_loss(src, target, reduction="none").sum() / num_boxes
+        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(target)))
+        return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
+
+    @staticmethod
+    def _matched_queries(indices, device) -> tuple[Tensor, Tensor]:
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        query_idx = torch.cat([src for src, _ in indices])
+        return batch_idx.to(device), query_idx.to(device)
+
+    def _compute(self, name, outputs, targets, indices, num_boxes, **kwargs) -> dict:
+        loss_fn = {"labels": self.loss_labels, "boxes": self.loss_boxes, "cardinality": self.loss_cardinality}
+        return loss_fn[name](outputs, targets, indices, num_boxes, **kwargs)
+
+    # ---- the whole criterion ---------------------------------------------------------------
+
+    def forward(self, outputs: Mapping, targets: Sequence[Mapping[str, Tensor]]) -> dict:
+        final = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
+        num_boxes = self.num_boxes(targets, final["pred_logits"].device)
+        losses = self._losses(final, targets, num_boxes, suffix="", log=True)
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            losses.update(self._losses(aux, targets, num_boxes, suffix=f"_{i}", log=False))
+        if "enc_outputs" in outputs:
+            # Encoder proposals are class-agnostic: every target counts as class 0.
+            binary = [dict(t, labels=torch.zeros_like(t["labels"])) for t in targets]
+            losses.update(self._losses(outputs["enc_outputs"], binary, num_boxes, suffix="_enc", log=False))
+        return losses
+
+    def _losses(self, outputs, targets, num_boxes, suffix: str, log: bool) -> dict:
+        indices = self.matcher(outputs, targets)
+        losses = {}
+        for name in self.losses:
+            kwargs = {"log": log} if name == "labels" else {}
+            losses.update(self._compute(name, outputs, targets, indices, num_boxes, **kwargs))
+        return {k + suffix: v for k, v in losses.items()}
+
+    @staticmethod
+    def num_boxes(targets, device) -> float:
+        """Target boxes per process, averaged over distributed ranks, at least 1."""
+        count = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        world_size = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(count)
+            world_size = torch.distributed.get_world_size()
+        return torch.clamp(count / world_size, min=1).item()
+
+    def total(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """The training objective: the weighted sum of the losses that have a weight."""
+        return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)
+
+
+def official_weight_dict(
+    dec_layers: int = 6,
+    aux_loss: bool = True,
+    cls_loss_coef: float = 2,
+    bbox_loss_coef: float = 5,
+    giou_loss_coef: float = 2,
+) -> dict:
+    """Loss weights; with aux_loss, also for each earlier decoder layer and the encoder ("_enc")."""
+    base = {"loss_ce": cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    weights = dict(base)
+    if aux_loss:
+        for i in range(dec_layers - 1):
+            weights.update({f"{k}_{i}": v for k, v in base.items()})
+        weights.update({f"{k}_enc": v for k, v in base.items()})
+    return weights
+
+
+def build_criterion(
+    num_classes: int = 91,
+    dec_layers: int = 6,
+    aux_loss: bool = True,
+    set_cost_class: float = 2,
+    set_cost_bbox: float = 5,
+    set_cost_giou: float = 2,
+    cls_loss_coef: float = 2,
+    bbox_loss_coef: float = 5,
+    giou_loss_coef: float = 2,
+    focal_alpha: float = 0.25,
+) -> SetCriterion:
+    """The official matcher, weights and losses (argument names as the official main.py)."""
+    matcher = HungarianMatcher(set_cost_class, set_cost_bbox, set_cost_giou, focal_alpha)
+    weights = official_weight_dict(dec_layers, aux_loss, cls_loss_coef, bbox_loss_coef, giou_loss_coef)
+    return SetCriterion(num_classes, matcher, weights, focal_alpha=focal_alpha)
