@@ -173,3 +173,16 @@ def test_postprocess_picks_top_scores_and_scales_boxes():
     assert everything["scores"].shape == (6,)  # fewer than 100 (query, class) pairs
     with pytest.raises(ValueError, match="target_sizes"):
         PostProcess()({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([100, 200]))
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34"])
+def test_small_backbones_build_run_and_round_trip(tmp_path, backbone):
+    model = small_model("multi_scale", backbone=backbone).eval()
+    assert model.backbone[0].num_channels == [128, 256, 512]
+    path = tmp_path / "small.pth"
+    torch.save({"model": model.state_dict()}, path)
+    loaded = load_checkpoint(str(path), nheads=4).eval()
+    assert loaded.config.backbone == backbone
+    imgs = images()
+    with torch.no_grad():
+        assert torch.equal(model(imgs)["pred_boxes"], loaded(imgs)["pred_boxes"])

@@ -10,12 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from deformdetr.models.nested import resize_mask
-from deformdetr.models.resnet import RESNET_URLS, resnet50, resnet101
+from deformdetr.models.resnet import RESNET_URLS, RESNETS
 
 __all__ = ["Backbone", "Joiner", "load_backbone_weights"]
-
-_RESNETS = {"resnet50": resnet50, "resnet101": resnet101}
-
 
 class Backbone(nn.Module):
     """ResNet body. Multi-scale returns layer2..layer4 (strides 8, 16, 32); single-scale layer4.
@@ -29,23 +26,24 @@ class Backbone(nn.Module):
         dilation: bool = False,
     ):
         super().__init__()
-        if name not in _RESNETS:
-            raise ValueError(f"backbone must be one of {sorted(_RESNETS)}, got {name!r}")
+        if name not in RESNETS:
+            raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {name!r}")
         self.name = name
-        self.body = _RESNETS[name](dilate_last=dilation, with_head=False)
+        self.body = RESNETS[name](dilate_last=dilation, with_head=False)
         for param_name, parameter in self.body.named_parameters():
             trainable = train_backbone and any(
                 layer in param_name for layer in ("layer2", "layer3", "layer4")
             )
             parameter.requires_grad_(trainable)
+        width = self.body.block.expansion  # 4 for ResNet-50/101, 1 for ResNet-18/34
         if return_interm_layers:
             self.return_layers = ["layer2", "layer3", "layer4"]
             self.strides = [8, 16, 32]
-            self.num_channels = [512, 1024, 2048]
+            self.num_channels = [128 * width, 256 * width, 512 * width]
         else:
             self.return_layers = ["layer4"]
             self.strides = [32]
-            self.num_channels = [2048]
+            self.num_channels = [512 * width]
         if dilation:
             self.strides[-1] //= 2
 
@@ -80,11 +78,14 @@ def load_backbone_weights(backbone: Backbone, source: Optional[str] = None) -> N
         raise FileNotFoundError(f"backbone weights {source!r}: no such file (nor a URL)")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = backbone.body.load_state_dict(state, strict=False)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    expected = backbone.body.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected or state[k].shape != expected[k].shape]
     if missing or unexpected:
         raise ValueError(
             f"backbone weights {source!r} do not fit a {backbone.name}: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            f"unexpected or of another shape {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
+    backbone.body.load_state_dict(state)

@@ -332,12 +332,20 @@ def config_from_state_dict(state: dict, nheads: int = 8) -> dict:
         dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
         with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
         two_stage=two_stage,
-        backbone="resnet101" if "backbone.0.body.layer3.22.conv1.weight" in state else "resnet50",
+        backbone=_backbone_from_state(state, count("backbone.0.body.layer3.")),
         position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
     )
     if not two_stage:
         settings["num_queries"] = state["query_embed.weight"].shape[0]
     return settings
+
+
+def _backbone_from_state(state: dict, layer3_blocks: int) -> str:
+    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state
+    depths = {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50", (23, True): "resnet101"}
+    if (layer3_blocks, bottleneck) not in depths:
+        raise ValueError(f"unrecognised ResNet backbone: layer3 has {layer3_blocks} blocks")
+    return depths[(layer3_blocks, bottleneck)]
 
 
 def _points_per_head(state: dict, part: str, nheads: int, levels: int) -> int:

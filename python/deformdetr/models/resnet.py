@@ -11,10 +11,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FrozenBatchNorm2d", "Bottleneck", "ResNet", "resnet50", "resnet101", "RESNET_URLS"]
+__all__ = ["FrozenBatchNorm2d", "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50",
+           "resnet101", "RESNETS", "RESNET_URLS"]
 
 # torchvision's ImageNet weights (the "V1" weights Deformable DETR was trained from).
 RESNET_URLS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-5c106cde.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-333f7ec4.pth",
     "resnet50": "https://download.pytorch.org/models/resnet50-19c8e357.pth",
     "resnet101": "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth",
 }
@@ -46,6 +49,28 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34). Not an official Deformable DETR backbone; small and fast
+    enough to train from scratch on a CPU (the synthetic demo)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: Optional[nn.Module] = None, dilation: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = FrozenBatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = FrozenBatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
 class Bottleneck(nn.Module):
@@ -86,8 +111,10 @@ class ResNet(nn.Module):
     """The torchvision ResNet layout. ``dilate_last=True`` replaces layer4's stride with dilation
     (the "DC5" backbone: stride 16 instead of 32). ``with_head=False`` leaves out avgpool/fc."""
 
-    def __init__(self, layers: Sequence[int], dilate_last: bool = False, with_head: bool = True):
+    def __init__(self, layers: Sequence[int], dilate_last: bool = False, with_head: bool = True,
+                 block: type = None):
         super().__init__()
+        self.block = block or Bottleneck
         self.inplanes = 64
         self.dilation = 1
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -100,7 +127,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(512, layers[3], stride=2, dilate=dilate_last)
         if with_head:
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.fc = nn.Linear(512 * Bottleneck.expansion, 1000)
+            self.fc = nn.Linear(512 * self.block.expansion, 1000)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -110,18 +137,17 @@ class ResNet(nn.Module):
         if dilate:
             self.dilation *= stride
             stride = 1
+        block = self.block
         downsample = None
-        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+        if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                FrozenBatchNorm2d(planes * Bottleneck.expansion),
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                FrozenBatchNorm2d(planes * block.expansion),
             )
         # The first block keeps the previous dilation, as torchvision does.
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample, previous_dilation)]
-        self.inplanes = planes * Bottleneck.expansion
-        layers += [
-            Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)
-        ]
+        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def stem(self, x: Tensor) -> Tensor:
@@ -144,9 +170,20 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def resnet18(**kwargs) -> ResNet:
+    return ResNet([2, 2, 2, 2], block=BasicBlock, **kwargs)
+
+
+def resnet34(**kwargs) -> ResNet:
+    return ResNet([3, 4, 6, 3], block=BasicBlock, **kwargs)
+
+
 def resnet50(**kwargs) -> ResNet:
     return ResNet([3, 4, 6, 3], **kwargs)
 
 
 def resnet101(**kwargs) -> ResNet:
     return ResNet([3, 4, 23, 3], **kwargs)
+
+
+RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}

@@ -1,0 +1,1 @@
+"""Training, evaluation, checkpoints, distributed helpers and pictures of results."""

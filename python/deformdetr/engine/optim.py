@@ -1,0 +1,39 @@
+"""The official optimizer: AdamW with three parameter groups (the rest at lr; the backbone at
+lr_backbone; sampling offsets and reference points at lr * lr_linear_proj_mult), and a step
+decay of the learning rate by 10x at epoch lr_drop."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["parameter_groups", "build_optimizer", "build_scheduler"]
+
+
+def _matches(name: str, keywords: Sequence[str]) -> bool:
+    return any(keyword in name for keyword in keywords)
+
+
+def parameter_groups(model: nn.Module, train: dict) -> list[dict]:
+    backbone, proj = train["lr_backbone_names"], train["lr_linear_proj_names"]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if not _matches(n, backbone) and not _matches(n, proj)],
+         "lr": train["lr"]},
+        {"params": [p for n, p in named if _matches(n, backbone)], "lr": train["lr_backbone"]},
+        {"params": [p for n, p in named if _matches(n, proj)],
+         "lr": train["lr"] * train["lr_linear_proj_mult"]},
+    ]
+
+
+def build_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, train)
+    if train["sgd"]:
+        return torch.optim.SGD(groups, lr=train["lr"], momentum=0.9, weight_decay=train["weight_decay"])
+    return torch.optim.AdamW(groups, lr=train["lr"], weight_decay=train["weight_decay"])
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: dict):
+    return torch.optim.lr_scheduler.StepLR(optimizer, train["lr_drop"])

@@ -1,0 +1,1 @@
+"""Evaluators: COCO AP (pycocotools) and KITTI AP R40."""
