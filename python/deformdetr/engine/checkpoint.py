@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -10,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-__all__ = ["save_atomic", "load_training_checkpoint", "rng_state", "restore_rng_state"]
+__all__ = ["save_atomic", "load_training_checkpoint", "rng_state", "restore_rng_state", "preserved_rng"]
 
 
 def save_atomic(obj: Any, path: str) -> None:
@@ -69,6 +70,17 @@ def restore_rng_state(state: dict) -> None:
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Randomness used inside (e.g. by evaluation transforms) leaves the training streams as they
+    were, so that evaluating or not never changes what training does next."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
 
 
 def load_training_checkpoint(path: str, map_location: Optional[str] = "cpu") -> dict:

@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from tqdm import tqdm
 
 from deformdetr.engine import distributed as dist
-from deformdetr.engine.checkpoint import load_training_checkpoint, restore_rng_state, rng_state, save_atomic
+from deformdetr.engine.checkpoint import (
+    load_training_checkpoint,
+    preserved_rng,
+    restore_rng_state,
+    rng_state,
+    save_atomic,
+)
 from deformdetr.engine.optim import build_optimizer, build_scheduler
 from deformdetr.eval.coco import coco_detections, evaluate_coco
 from deformdetr.models.criterion import build_criterion
@@ -66,7 +72,7 @@ def build_model(cfg: dict, load_pretrained: bool = True):
 
 def build_datasets(cfg: dict):
     """(train, val) datasets; a synthetic set is generated into data.root on first use."""
-    from deformdetr.data import build_coco, generate_synthetic_coco
+    from deformdetr.data import generate_synthetic_coco
 
     data = cfg["data"]
     if data["dataset"] == "synthetic":
@@ -78,7 +84,19 @@ def build_datasets(cfg: dict):
                                         num_val=synthetic["num_val"], image_size=synthetic["image_size"],
                                         seed=synthetic["seed"])
             dist.barrier()
-    return build_coco(data, "train"), build_coco(data, "val")
+    return build_coco_split(data, "train"), build_coco_split(data, "val")
+
+
+def transform_settings(data: dict) -> dict:
+    """The data section's resize/crop sizes as make_coco_transforms arguments."""
+    return dict(scales=data["scales"], max_size=data["max_size"], crop_sizes=data["crop_resize"],
+                crop_min_max=tuple(data["crop_size"]), val_size=data["val_size"])
+
+
+def build_coco_split(data: dict, split: str):
+    from deformdetr.data import build_coco
+
+    return build_coco(data["root"], split, skip_corrupt=data["skip_corrupt"], **transform_settings(data))
 
 
 def _loader(dataset, batch_size: int, train: bool, num_workers: int, seed: int, epoch: int) -> DataLoader:
@@ -151,7 +169,7 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, cli
         totals["loss"] = totals.get("loss", 0.0) + loss.item()
         for key in ("loss_ce", "loss_bbox", "loss_giou", "class_error"):
             if key in losses:
-                totals[key] = totals.get(key, 0.0) + float(losses[key])
+                totals[key] = totals.get(key, 0.0) + float(losses[key].detach())
         bar.set_postfix(loss=f"{totals['loss'] / count:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
     return {k: v / max(count, 1) for k, v in totals.items()}
 
@@ -252,8 +270,9 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True) -> dic
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - epoch_start,
                   **{f"train_{k}": v for k, v in stats.items()}}
         if (epoch + 1) % train_cfg["eval_every"] == 0 or last:
-            val_loader = _loader(val_set, batch_size, False, workers, train_cfg["seed"], epoch)
-            last_eval = evaluate(model_ddp, postprocess, val_loader, val_set.coco, device, train_cfg["amp"])
+            with preserved_rng():
+                val_loader = _loader(val_set, batch_size, False, workers, train_cfg["seed"], epoch)
+                last_eval = evaluate(model_ddp, postprocess, val_loader, val_set.coco, device, train_cfg["amp"])
             record.update({f"test_{k}": v for k, v in last_eval.items()})
         # Saved after all of the epoch's randomness: a resume restores what the next epoch starts from.
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -16,7 +16,10 @@ __all__ = ["Backbone", "Joiner", "load_backbone_weights"]
 
 class Backbone(nn.Module):
     """ResNet body. Multi-scale returns layer2..layer4 (strides 8, 16, 32); single-scale layer4.
-    The stem and layer1 stay frozen, as do all layers when ``train_backbone`` is False."""
+
+    As officially, the stem and layer1 stay frozen, as do all layers when ``train_backbone`` is
+    False, and batch norm is frozen. ``from_scratch=True`` (not official; for training without
+    ImageNet weights, e.g. the synthetic demo) trains every layer with ordinary batch norm."""
 
     def __init__(
         self,
@@ -24,15 +27,17 @@ class Backbone(nn.Module):
         train_backbone: bool = True,
         return_interm_layers: bool = True,
         dilation: bool = False,
+        from_scratch: bool = False,
     ):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {name!r}")
         self.name = name
-        self.body = RESNETS[name](dilate_last=dilation, with_head=False)
+        norm_layer = nn.BatchNorm2d if from_scratch else None
+        self.body = RESNETS[name](dilate_last=dilation, with_head=False, norm_layer=norm_layer)
         for param_name, parameter in self.body.named_parameters():
-            trainable = train_backbone and any(
-                layer in param_name for layer in ("layer2", "layer3", "layer4")
+            trainable = train_backbone and (
+                from_scratch or any(layer in param_name for layer in ("layer2", "layer3", "layer4"))
             )
             parameter.requires_grad_(trainable)
         width = self.body.block.expansion  # 4 for ResNet-50/101, 1 for ResNet-18/34

@@ -197,6 +197,7 @@ class DeformableDETRConfig:
     two_stage: bool = False
     aux_loss: bool = True
     lr_backbone: float = 2e-5  # > 0 trains layer2..layer4 of the backbone, as officially
+    backbone_from_scratch: bool = False  # not official: train all of the ResNet, with batch norm
 
 
 #: The five official variants (the official configs/*.sh), as overrides of the defaults.
@@ -218,6 +219,7 @@ def build_deformable_detr(config: DeformableDETRConfig) -> DeformableDETR:
         train_backbone=config.lr_backbone > 0,
         return_interm_layers=config.num_feature_levels > 1,
         dilation=config.dilation,
+        from_scratch=config.backbone_from_scratch,
     )
     transformer = DeformableTransformer(
         d_model=config.hidden_dim,
@@ -334,6 +336,7 @@ def config_from_state_dict(state: dict, nheads: int = 8) -> dict:
         two_stage=two_stage,
         backbone=_backbone_from_state(state, count("backbone.0.body.layer3.")),
         position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
+        backbone_from_scratch="backbone.0.body.bn1.num_batches_tracked" in state,
     )
     if not two_stage:
         settings["num_queries"] = state["query_embed.weight"].shape[0]

@@ -58,13 +58,14 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Optional[nn.Module] = None, dilation: int = 1):
+                 downsample: Optional[nn.Module] = None, dilation: int = 1, norm_layer=None):
         super().__init__()
+        norm_layer = norm_layer or FrozenBatchNorm2d
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = norm_layer(planes)
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
@@ -85,17 +86,19 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         downsample: Optional[nn.Module] = None,
         dilation: int = 1,
+        norm_layer=None,
     ):
         super().__init__()
+        norm_layer = norm_layer or FrozenBatchNorm2d
         width = planes
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         self.conv2 = nn.Conv2d(
             width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
         )
-        self.bn2 = FrozenBatchNorm2d(width)
+        self.bn2 = norm_layer(width)
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -109,16 +112,18 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     """The torchvision ResNet layout. ``dilate_last=True`` replaces layer4's stride with dilation
-    (the "DC5" backbone: stride 16 instead of 32). ``with_head=False`` leaves out avgpool/fc."""
+    (the "DC5" backbone: stride 16 instead of 32). ``with_head=False`` leaves out avgpool/fc.
+    ``norm_layer`` is frozen batch norm, as DETR uses it; nn.BatchNorm2d trains from scratch."""
 
     def __init__(self, layers: Sequence[int], dilate_last: bool = False, with_head: bool = True,
-                 block: type = None):
+                 block: type = None, norm_layer=None):
         super().__init__()
         self.block = block or Bottleneck
+        self.norm_layer = norm_layer or FrozenBatchNorm2d
         self.inplanes = 64
         self.dilation = 1
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = FrozenBatchNorm2d(64)
+        self.bn1 = self.norm_layer(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(64, layers[0])
@@ -142,12 +147,13 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
-                FrozenBatchNorm2d(planes * block.expansion),
+                self.norm_layer(planes * block.expansion),
             )
         # The first block keeps the previous dilation, as torchvision does.
-        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation)]
+        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation, self.norm_layer)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, dilation=self.dilation, norm_layer=self.norm_layer)
+                   for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def stem(self, x: Tensor) -> Tensor:

@@ -1,0 +1,103 @@
+"""Training end to end: the CLI, exact resume, distributed runs, checkpoints that survive kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from deformdetr.cli import main
+from deformdetr.configs import load_config
+from deformdetr.engine.checkpoint import load_training_checkpoint
+from deformdetr.engine.trainer import train
+
+
+def test_cli_train_eval_predict_end_to_end(tmp_path, tiny_overrides, synthetic_root, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", "demo_synthetic", "--output-dir", str(out), *tiny_overrides]) == 0
+    records = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all("test_AP50" in r and "train_loss" in r for r in records)
+    assert (out / "curves.png").stat().st_size > 0
+    checkpoint = out / "checkpoint.pth"
+    state = load_training_checkpoint(str(checkpoint))
+    assert state["epoch"] == 1 and state["class_names"][1] == "circle"
+
+    metrics = tmp_path / "metrics.json"
+    assert main(["eval", "--config", "demo_synthetic", "--checkpoint", str(checkpoint), "--json", str(metrics),
+                 *tiny_overrides]) == 0
+    assert json.load(open(metrics))["AP50"] == pytest.approx(records[-1]["test_AP50"])
+
+    predictions = tmp_path / "pred"
+    val_images = os.path.join(synthetic_root, "val2017")
+    assert main(["predict", "--checkpoint", str(checkpoint), val_images, "--output-dir", str(predictions),
+                 "--threshold", "0", "--device", "cpu"]) == 0
+    results = json.load(open(predictions / "predictions.json"))
+    assert len(results) == 4 and all(os.path.exists(r["png"]) for r in results)
+    assert all(len(r["detections"]) > 0 for r in results)
+
+
+def test_resume_gives_the_parameters_of_an_uninterrupted_run(tmp_path, tiny_overrides):
+    whole = load_config("demo_synthetic", tiny_overrides + [f"output_dir={tmp_path / 'whole'}", "train.eval_every=2"])
+    train(whole, progress=False)
+    # Stop after the first epoch (a time budget of 0 minutes), then resume for the second.
+    first = load_config("demo_synthetic", tiny_overrides + [f"output_dir={tmp_path / 'split'}",
+                                                            "train.max_minutes=0", "train.eval_every=2"])
+    train(first, progress=False)
+    assert load_training_checkpoint(str(tmp_path / "split" / "checkpoint.pth"))["epoch"] == 0
+    rest = load_config("demo_synthetic", tiny_overrides + [f"output_dir={tmp_path / 'split'}", "train.eval_every=2"])
+    train(rest, resume=str(tmp_path / "split" / "checkpoint.pth"), progress=False)
+    a = load_training_checkpoint(str(tmp_path / "whole" / "checkpoint.pth"))
+    b = load_training_checkpoint(str(tmp_path / "split" / "checkpoint.pth"))
+    assert a["epoch"] == b["epoch"] == 1
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_bad_config_key_gives_a_clear_error(capsys):
+    assert main(["train", "--config", "demo_synthetic", "train.lrr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'train.lrr'" in err and "lr_backbone" in err
+    assert main(["train", "--config", "no_such_preset"]) == 2
+    assert "presets:" in capsys.readouterr().err
+
+
+def _run_cli(args, **kwargs):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "deformdetr.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_killed_run_leaves_the_last_good_checkpoint_loadable(tmp_path, tiny_overrides):
+    out = tmp_path / "killed"
+    process = _run_cli(["train", "--config", "demo_synthetic", "--output-dir", str(out), *tiny_overrides,
+                        "train.epochs=1000", "train.eval_every=1000"])
+    checkpoint = out / "checkpoint.pth"
+    deadline = time.time() + 120
+    while time.time() < deadline and not checkpoint.exists():
+        time.sleep(0.2)
+    assert checkpoint.exists(), process.communicate()[0][-2000:] if process.poll() is not None else "no checkpoint"
+    time.sleep(1.0)  # well into later epochs and their checkpoint writes
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = load_training_checkpoint(str(checkpoint))
+    assert state["epoch"] >= 0 and "model" in state
+
+
+def test_two_process_gloo_ddp_run(tmp_path, tiny_overrides):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "deformdetr.cli", "train", "--config", "demo_synthetic", "--output-dir", str(out),
+         *tiny_overrides, "train.epochs=1"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert len(records) == 1 and "test_AP" in records[0]  # one log, written by rank 0 only
+    assert load_training_checkpoint(str(out / "checkpoint.pth"))["epoch"] == 0
