@@ -11,6 +11,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from deformdetr.models.deformable_detr import read_checkpoint
+
 __all__ = ["save_atomic", "load_training_checkpoint", "rng_state", "restore_rng_state", "preserved_rng"]
 
 
@@ -84,10 +86,6 @@ def preserved_rng():
 
 
 def load_training_checkpoint(path: str, map_location: Optional[str] = "cpu") -> dict:
-    """A checkpoint written by the trainer (model, optimizer, lr_scheduler, epoch, rng, config)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"could not read checkpoint {path!r} (truncated or not a checkpoint?): {error}") from error
+    """A checkpoint written by the trainer (model, optimizer, lr_scheduler, epoch, rng, config),
+    or an official one (model, args, ...)."""
+    return read_checkpoint(path, map_location)

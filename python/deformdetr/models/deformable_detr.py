@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional, Sequence, Union
 
@@ -26,6 +27,7 @@ __all__ = [
     "deformable_detr",
     "build_deformable_detr",
     "load_checkpoint",
+    "read_checkpoint",
 ]
 
 
@@ -282,7 +284,7 @@ def load_checkpoint(path: str, map_location="cpu", strict: bool = True, **overri
     """Builds the model an official (or deformdetr) checkpoint file was saved from and loads its
     weights. The variant comes from the checkpoint's saved ``args`` when present, otherwise from
     the state dict's keys and shapes; ``overrides`` settle what keys cannot tell (``dilation``)."""
-    checkpoint = _read_checkpoint(path, map_location)
+    checkpoint = read_checkpoint(path, map_location)
     state = checkpoint["model"] if "model" in checkpoint else checkpoint
     given = {**_settings_from_args(checkpoint.get("args")), **overrides}
     settings = {**config_from_state_dict(state, nheads=given.get("nheads", 8)), **given}
@@ -291,13 +293,17 @@ def load_checkpoint(path: str, map_location="cpu", strict: bool = True, **overri
     return model
 
 
-def _read_checkpoint(path: str, map_location) -> dict:
-    # Official checkpoints store their argparse.Namespace next to the weights; allow just that.
+def read_checkpoint(path: str, map_location="cpu") -> dict:
+    """A checkpoint file as a dict, loaded without arbitrary unpickling: tensors, plain values and
+    the argparse.Namespace that official checkpoints store next to their weights."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as error:
-            raise ValueError(f"could not read checkpoint {path!r}: {error}") from error
+            raise ValueError(f"could not read checkpoint {path!r} (truncated, or not a checkpoint?): "
+                             f"{error}") from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict")
     return checkpoint
