@@ -186,7 +186,7 @@ def _to_float32(outputs):
 def evaluate(model, postprocess, loader, coco_gt, device, amp: str = "off", desc: str = "eval") -> dict:
     """COCO box AP on the loader's images (gathered over ranks, computed on the main process)."""
     model.eval()
-    detections, image_ids = [], []
+    per_image: dict[int, list] = {}
     for images, mask, targets in tqdm(loader, desc=desc, disable=not dist.is_main_process(), leave=False,
                                       dynamic_ncols=True, file=sys.stderr):
         with _autocast(device, amp):
@@ -194,14 +194,14 @@ def evaluate(model, postprocess, loader, coco_gt, device, amp: str = "off", desc
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
         for target, result in zip(targets, postprocess(_to_float32(outputs), sizes)):
             image_id = int(target["image_id"])
-            image_ids.append(image_id)
-            detections.extend(coco_detections(image_id, result))
-    gathered = dist.all_gather_objects((detections, image_ids))
+            per_image[image_id] = coco_detections(image_id, result)
+    # A DistributedSampler pads the split with repeated images; keying by image id drops them.
+    merged: dict[int, list] = {}
+    for part in dist.all_gather_objects(per_image):
+        merged.update(part)
     if not dist.is_main_process():
         return {}
-    all_detections = [d for part, _ in gathered for d in part]
-    all_ids = [i for _, ids in gathered for i in ids]
-    return evaluate_coco(coco_gt, all_detections, all_ids)
+    return evaluate_coco(coco_gt, [d for dets in merged.values() for d in dets], merged.keys())
 
 
 def _class_names(dataset) -> dict:
