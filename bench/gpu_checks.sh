@@ -7,18 +7,19 @@ set -uo pipefail
 out="${1:-${OUT:-gpu-results}}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
-python -m pip install -q torch 2>&1 | tail -1              # the machine's CUDA torch, if not there
-python -m pip install -q ".[test]" 2>&1 | tail -2
-python -c "import deformdetr, torch; assert deformdetr.cuda_compiled and torch.cuda.is_available()" \
+# The lent machines have no network but hold torch, scikit-build-core, nanobind, pytest, scipy,
+# hypothesis (see the device tool's KINDS.md): build against them, fetch nothing.
+python3 -m pip install -q --no-build-isolation --no-deps . 2>&1 | tail -2
+python3 -c "import deformdetr, torch; assert deformdetr.cuda_compiled and torch.cuda.is_available()" \
   || { echo "no CUDA build or no GPU"; exit 1; }
-python -m pytest -q -m cuda tests 2>&1 | tee "$out/pytest_cuda.txt" | tail -5
+python3 -m pytest -q -m cuda tests 2>&1 | tee "$out/pytest_cuda.txt" | tail -5
 if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 1 python -m pytest -q -m cuda \
+  compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m cuda \
     tests/ops/test_ms_deform_attn.py 2>&1 | tee "$out/memcheck.txt" | tail -5
-  compute-sanitizer --tool racecheck python -m pytest -q -m cuda -k "matches_cpu" \
+  compute-sanitizer --tool racecheck python3 -m pytest -q -m cuda -k "matches_cpu" \
     tests/ops/test_ms_deform_attn.py 2>&1 | tee "$out/racecheck.txt" | tail -5
 fi
 for dtype in float32 float16 bfloat16; do
-  deformdetr bench attention --device cuda --dtype "$dtype" --repeat 20 2>&1 | tee "$out/bench_attention_$dtype.txt"
+  python3 -m deformdetr.cli bench attention --device cuda --dtype "$dtype" --repeat 20 2>&1 | tee "$out/bench_attention_$dtype.txt"
 done
-deformdetr bench attention --device cuda --batch 8 --repeat 20 2>&1 | tee "$out/bench_attention_batch8.txt"
+python3 -m deformdetr.cli bench attention --device cuda --batch 8 --repeat 20 2>&1 | tee "$out/bench_attention_batch8.txt"
