@@ -23,3 +23,19 @@ __all__ = [
     "sigmoid_focal_loss",
     "PostProcess",
 ]
+
+from deformdetr.models.mono.monodetr import MonoDETR, MonoDETRConfig, load_monodetr_checkpoint, monodetr
+from deformdetr.models.mono.criterion import MonoSetCriterion, build_monodetr_criterion
+from deformdetr.models.mono.matcher import MonoHungarianMatcher
+from deformdetr.models.mono.decode import decode as decode_monodetr
+
+__all__ += [
+    "MonoDETR",
+    "MonoDETRConfig",
+    "monodetr",
+    "load_monodetr_checkpoint",
+    "MonoSetCriterion",
+    "MonoHungarianMatcher",
+    "build_monodetr_criterion",
+    "decode_monodetr",
+]

@@ -41,6 +41,9 @@ class SetCriterion(nn.Module):
     """Computes the losses named in ``losses`` ("labels", "boxes", "cardinality"). The returned dict
     holds unweighted losses; ``weight_dict`` says how to combine them (see :meth:`total`)."""
 
+    #: loss name -> method computing it (subclasses add theirs: MonoDETR's criterion)
+    loss_methods = {"labels": "loss_labels", "boxes": "loss_boxes", "cardinality": "loss_cardinality"}
+
     def __init__(
         self,
         num_classes: int,
@@ -50,9 +53,9 @@ class SetCriterion(nn.Module):
         focal_alpha: float = 0.25,
     ):
         super().__init__()
-        unknown = set(losses) - {"labels", "boxes", "cardinality"}
+        unknown = set(losses) - set(self.loss_methods)
         if unknown:
-            raise ValueError(f"unknown losses {sorted(unknown)}; known: labels, boxes, cardinality")
+            raise ValueError(f"unknown losses {sorted(unknown)}; known: {', '.join(self.loss_methods)}")
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = dict(weight_dict)
@@ -96,8 +99,7 @@ class SetCriterion(nn.Module):
         return batch_idx.to(device), query_idx.to(device)
 
     def _compute(self, name, outputs, targets, indices, num_boxes, **kwargs) -> dict:
-        loss_fn = {"labels": self.loss_labels, "boxes": self.loss_boxes, "cardinality": self.loss_cardinality}
-        return loss_fn[name](outputs, targets, indices, num_boxes, **kwargs)
+        return getattr(self, self.loss_methods[name])(outputs, targets, indices, num_boxes, **kwargs)
 
     # ---- the whole criterion ---------------------------------------------------------------
 
@@ -122,9 +124,10 @@ class SetCriterion(nn.Module):
         return {k + suffix: v for k, v in losses.items()}
 
     @staticmethod
-    def num_boxes(targets, device) -> float:
-        """Target boxes per process, averaged over distributed ranks, at least 1."""
-        count = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+    def num_boxes(targets, device, multiplier: int = 1) -> float:
+        """Target boxes per process, averaged over distributed ranks, at least 1 (each target
+        counted ``multiplier`` times: MonoDETR's query groups)."""
+        count = torch.as_tensor([float(sum(len(t["labels"]) for t in targets) * multiplier)], device=device)
         world_size = 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(count)

@@ -357,9 +357,9 @@ def _backbone_from_state(state: dict, layer3_blocks: int) -> str:
     return depths[(layer3_blocks, bottleneck)]
 
 
-def _points_per_head(state: dict, part: str, nheads: int, levels: int) -> int:
+def _points_per_head(state: dict, part: str, nheads: int, levels: int, prefix: str = "transformer") -> int:
     attn = "self_attn" if part == "encoder" else "cross_attn"
-    key = f"transformer.{part}.layers.0.{attn}.attention_weights.weight"
+    key = f"{prefix}.{part}.layers.0.{attn}.attention_weights.weight"
     if key not in state:
         return 4
     total = state[key].shape[0]

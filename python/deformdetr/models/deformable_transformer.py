@@ -187,7 +187,9 @@ class DeformableTransformerDecoder(nn.Module):
 
     @staticmethod
     def _refine(delta: Tensor, reference_points: Tensor) -> Tensor:
-        if reference_points.shape[-1] == 4:
+        """New references from a head's output: the whole box refined when the references are
+        boxes of the head's size (4-d; MonoDETR's 6-d), else only the centre."""
+        if reference_points.shape[-1] == delta.shape[-1]:
             refined = delta + inverse_sigmoid(reference_points)
         else:
             refined = torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1)
@@ -210,7 +212,10 @@ class DeformableTransformer(nn.Module):
         enc_n_points: int = 4,
         two_stage: bool = False,
         two_stage_num_proposals: int = 300,
+        decoder: Optional[nn.Module] = None,
     ):
+        """``decoder``: a decoder to use instead of the deformable one (MonoDETR passes its
+        depth-aware decoder); it is initialised with the rest of the transformer."""
         super().__init__()
         self.d_model = d_model
         self.nhead = nhead
@@ -220,10 +225,12 @@ class DeformableTransformer(nn.Module):
             d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead, enc_n_points
         )
         self.encoder = DeformableTransformerEncoder(encoder_layer, num_encoder_layers)
-        decoder_layer = DeformableTransformerDecoderLayer(
-            d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead, dec_n_points
-        )
-        self.decoder = DeformableTransformerDecoder(decoder_layer, num_decoder_layers, return_intermediate_dec)
+        if decoder is None:
+            decoder_layer = DeformableTransformerDecoderLayer(
+                d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead, dec_n_points
+            )
+            decoder = DeformableTransformerDecoder(decoder_layer, num_decoder_layers, return_intermediate_dec)
+        self.decoder = decoder
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if two_stage:
             self.enc_output = nn.Linear(d_model, d_model)
@@ -295,9 +302,9 @@ class DeformableTransformer(nn.Module):
         valid_w = torch.sum(~mask[:, 0, :], 1)
         return torch.stack([valid_w.float() / width, valid_h.float() / height], -1)
 
-    def forward(self, srcs, masks, pos_embeds, query_embed: Optional[Tensor] = None):
-        if not self.two_stage and query_embed is None:
-            raise ValueError("query_embed is required unless two_stage=True")
+    def flatten_levels(self, srcs, masks, pos_embeds):
+        """The feature maps, masks and position (+ level) embeddings of all levels flattened and
+        concatenated, with the spatial shapes, level start indices and valid ratios."""
         src_flatten, mask_flatten, lvl_pos_embed_flatten, shapes = [], [], [], []
         for level, (src, mask, pos_embed) in enumerate(zip(srcs, masks, pos_embeds)):
             height, width = src.shape[-2:]
@@ -313,6 +320,14 @@ class DeformableTransformer(nn.Module):
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)
+        return (src_flatten, mask_flatten, lvl_pos_embed_flatten, spatial_shapes, level_start_index,
+                valid_ratios, shapes)
+
+    def forward(self, srcs, masks, pos_embeds, query_embed: Optional[Tensor] = None):
+        if not self.two_stage and query_embed is None:
+            raise ValueError("query_embed is required unless two_stage=True")
+        (src_flatten, mask_flatten, lvl_pos_embed_flatten, spatial_shapes, level_start_index,
+         valid_ratios, shapes) = self.flatten_levels(srcs, masks, pos_embeds)
 
         memory = self.encoder(src_flatten, spatial_shapes, level_start_index, valid_ratios,
                               lvl_pos_embed_flatten, mask_flatten, shapes_list=shapes)

@@ -14,7 +14,8 @@ __all__ = ["PositionEmbeddingSine", "PositionEmbeddingLearned", "build_position_
 class PositionEmbeddingSine(nn.Module):
     """Sine/cosine of the (y, x) pixel index at geometric frequencies, as in DETR. With
     ``normalize``, indices are scaled to [0, scale] over each image's unpadded extent (Deformable
-    DETR shifts them by half a pixel first). Returns (B, 2 * num_pos_feats, H, W), y half first."""
+    DETR shifts them by ``offset`` = -0.5 pixel first; MonoDETR by 0). Returns
+    (B, 2 * num_pos_feats, H, W), y half first."""
 
     def __init__(
         self,
@@ -22,6 +23,7 @@ class PositionEmbeddingSine(nn.Module):
         temperature: float = 10000,
         normalize: bool = False,
         scale: Optional[float] = None,
+        offset: float = -0.5,
     ):
         super().__init__()
         if scale is not None and not normalize:
@@ -30,6 +32,7 @@ class PositionEmbeddingSine(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
+        self.offset = offset
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         not_mask = ~mask
@@ -37,8 +40,8 @@ class PositionEmbeddingSine(nn.Module):
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
             eps = 1e-6
-            y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + eps) * self.scale
+            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
+            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
         dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
         pos_x = _interleave_sin_cos(x_embed[:, :, :, None] / dim_t)
@@ -77,11 +80,12 @@ class PositionEmbeddingLearned(nn.Module):
 
 
 def build_position_encoding(
-    hidden_dim: int, kind: str = "sine", scale: float = 2 * math.pi
+    hidden_dim: int, kind: str = "sine", scale: float = 2 * math.pi, offset: float = -0.5
 ) -> nn.Module:
+    """``offset``: the sine encoding's pixel shift, -0.5 in Deformable DETR, 0 in MonoDETR."""
     half = hidden_dim // 2
     if kind in ("sine", "v2"):
-        return PositionEmbeddingSine(half, normalize=True, scale=scale)
+        return PositionEmbeddingSine(half, normalize=True, scale=scale, offset=offset)
     if kind in ("learned", "v3"):
         return PositionEmbeddingLearned(half)
     raise ValueError(f"position_embedding must be 'sine' or 'learned', got {kind!r}")

@@ -19,6 +19,7 @@ from deformdetr._native import _C, num_threads
 
 __all__ = [
     "box_cxcywh_to_xyxy",
+    "box_cxcylrtb_to_xyxy",
     "box_xyxy_to_cxcywh",
     "box_iou",
     "generalized_box_iou",
@@ -109,6 +110,13 @@ def _check_box_rows(boxes: Tensor, name: str) -> None:
 def box_cxcywh_to_xyxy_reference(boxes: Tensor) -> Tensor:
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+
+
+def box_cxcylrtb_to_xyxy(boxes: Tensor) -> Tensor:
+    """MonoDETR's boxes (cx, cy, l, r, t, b): a centre (the projected 3D centre) and the distances
+    to the box's left, right, top and bottom sides -> (cx - l, cy - t, cx + r, cy + b)."""
+    cx, cy, left, right, top, bottom = boxes.unbind(-1)
+    return torch.stack((cx - left, cy - top, cx + right, cy + bottom), dim=-1)
 
 
 def box_xyxy_to_cxcywh_reference(boxes: Tensor) -> Tensor:

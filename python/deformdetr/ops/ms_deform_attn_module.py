@@ -66,7 +66,8 @@ class MSDeformAttn(nn.Module):
     ) -> Tensor:
         """
         query                    (N, Lq, C)
-        reference_points         (N, Lq, L, 2) normalised (x, y), or (N, Lq, L, 4) boxes (cx, cy, w, h)
+        reference_points         (N, Lq, L, 2) normalised (x, y), or (N, Lq, L, 4) boxes (cx, cy, w, h),
+                                 or (N, Lq, L, 6) MonoDETR boxes (cx, cy, l, r, t, b)
         input_flatten            (N, S, C), the L feature maps flattened and concatenated
         input_spatial_shapes     (L, 2) int64 (H, W)
         input_level_start_index  (L,) int64
@@ -106,10 +107,11 @@ class MSDeformAttn(nn.Module):
                 + offsets / normalizer[None, None, None, :, None, :]
             )
         # Boxes: offsets are relative to half the box size, spread over the points.
-        return (
-            reference_points[:, :, None, :, None, :2]
-            + offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
-        )
+        size = reference_points[:, :, None, :, None, 2:]
+        if reference_points.shape[-1] == 6:
+            # MonoDETR's (cx, cy, l, r, t, b): the box is l + r wide and t + b high.
+            size = size[..., 0::2] + size[..., 1::2]
+        return reference_points[:, :, None, :, None, :2] + offsets / self.n_points * size * 0.5
 
     def _check_inputs(self, query, reference_points, input_flatten, input_padding_mask) -> None:
         if query.dim() != 3 or query.shape[-1] != self.d_model:
@@ -124,10 +126,11 @@ class MSDeformAttn(nn.Module):
         if (
             reference_points.dim() != 4
             or tuple(reference_points.shape[:3]) != expected
-            or reference_points.shape[-1] not in (2, 4)
+            or reference_points.shape[-1] not in (2, 4, 6)
         ):
             raise ValueError(
-                f"reference_points must have shape {expected + (2,)} or {expected + (4,)}, "
+                f"reference_points must have shape {expected + (2,)}, {expected + (4,)} or "
+                f"{expected + (6,)}, "
                 f"got {tuple(reference_points.shape)}"
             )
         if input_padding_mask is not None and tuple(input_padding_mask.shape) != tuple(

@@ -1,0 +1,316 @@
+"""MonoDETR (Zhang et al., ICCV 2023): depth-guided DETR for monocular 3D object detection.
+The model, its settings (the official configs/monodetr.yaml), and loading of official
+checkpoints. Module and parameter names equal the official implementation's."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deformdetr.models.backbone import Backbone, Joiner, load_backbone_weights
+from deformdetr.models.deformable_detr import (
+    MLP,
+    DeformableDETR,
+    _backbone_from_state,
+    _points_per_head,
+    read_checkpoint,
+)
+from deformdetr.models.deformable_transformer import inverse_sigmoid
+from deformdetr.models.mono.depth_predictor import DepthPredictor
+from deformdetr.models.mono.depthaware_transformer import DepthAwareTransformer
+from deformdetr.models.nested import resize_mask
+from deformdetr.models.position_encoding import build_position_encoding
+
+__all__ = ["MonoDETR", "MonoDETRConfig", "monodetr", "build_monodetr", "load_monodetr_checkpoint",
+           "monodetr_config_from_state_dict"]
+
+
+@dataclass(frozen=True)
+class MonoDETRConfig:
+    """The model's settings, named and defaulted as the official ``configs/monodetr.yaml``
+    (``model:`` section) and the official code's fixed values (``group_num``, the depth encoder)."""
+
+    num_classes: int = 3
+    backbone: str = "resnet50"
+    train_backbone: bool = True
+    num_feature_levels: int = 4
+    dilation: bool = False
+    position_embedding: str = "sine"
+    # depth predictor
+    num_depth_bins: int = 80
+    depth_min: float = 1e-3
+    depth_max: float = 60.0
+    depth_encoder_nheads: int = 8  # fixed officially
+    depth_encoder_dim_feedforward: int = 256  # fixed officially
+    # transformer
+    with_box_refine: bool = True
+    two_stage: bool = False
+    enc_layers: int = 3
+    dec_layers: int = 3
+    hidden_dim: int = 256
+    dim_feedforward: int = 256
+    dropout: float = 0.1
+    nheads: int = 8
+    num_queries: int = 50
+    enc_n_points: int = 4
+    dec_n_points: int = 4
+    group_num: int = 11  # query groups while training (fixed officially)
+    init_box: bool = False
+    aux_loss: bool = True
+    backbone_from_scratch: bool = False  # not official: train all of the ResNet, with batch norm
+
+
+class MonoDETR(nn.Module):
+    """Outputs (dict, official keys): ``pred_logits`` (B, Q, C); ``pred_boxes`` (B, Q, 6) the
+    projected 3D centre and the distances to the 2D box sides, (cx, cy, l, r, t, b), normalised
+    by the input size; ``pred_3d_dim`` (B, Q, 3) (h, w, l) relative to the class mean sizes (zero
+    officially); ``pred_depth`` (B, Q, 2) depth and log-variance; ``pred_angle`` (B, Q, 24) 12
+    heading-bin logits and 12 residuals; ``pred_depth_map_logits`` (B, D+1, H/16, W/16); and
+    ``aux_outputs`` for the earlier decoder layers. While training, Q is ``group_num`` groups of
+    ``num_queries``; in eval, ``num_queries``."""
+
+    def __init__(self, backbone: Joiner, depthaware_transformer: DepthAwareTransformer,
+                 depth_predictor: DepthPredictor, num_classes: int, num_queries: int, num_feature_levels: int,
+                 aux_loss: bool = True, with_box_refine: bool = True, two_stage: bool = False,
+                 init_box: bool = False, group_num: int = 11):
+        super().__init__()
+        if two_stage:
+            raise NotImplementedError("two-stage MonoDETR is not supported (off in the official config)")
+        if not with_box_refine:
+            # The official decoder then never sets the 3D sizes and fails; only refinement runs.
+            raise ValueError("MonoDETR needs with_box_refine=True (as the official code)")
+        if num_feature_levels != 4:
+            raise ValueError("MonoDETR's depth predictor needs num_feature_levels=4")
+        self.num_queries = num_queries
+        self.group_num = group_num
+        self.depthaware_transformer = depthaware_transformer
+        self.depth_predictor = depth_predictor
+        hidden_dim = depthaware_transformer.d_model
+        self.hidden_dim = hidden_dim
+        self.num_feature_levels = num_feature_levels
+        self.num_classes = num_classes
+        # Unused without denoising queries (off officially), but in official state dicts.
+        self.label_enc = nn.Embedding(num_classes + 1, hidden_dim - 1)
+        self.class_embed = nn.Linear(hidden_dim, num_classes)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 6, 3)
+        self.dim_embed_3d = MLP(hidden_dim, hidden_dim, 3, 2)
+        self.angle_embed = MLP(hidden_dim, hidden_dim, 24, 2)
+        self.depth_embed = MLP(hidden_dim, hidden_dim, 2, 2)
+        prior_prob = 0.01
+        nn.init.constant_(self.class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        if init_box:
+            nn.init.constant_(self.bbox_embed.layers[-1].weight, 0)
+            nn.init.constant_(self.bbox_embed.layers[-1].bias, 0)
+        self.query_embed = nn.Embedding(num_queries * group_num, hidden_dim * 2)
+        self.input_proj = DeformableDETR._input_projections(backbone, hidden_dim, num_feature_levels)
+        self.backbone = backbone
+        self.aux_loss = aux_loss
+        self.with_box_refine = with_box_refine
+        self.two_stage = two_stage
+        # One head per decoder layer, each its own copy (box refinement); the decoder shares the
+        # box and size heads.
+        num_pred = depthaware_transformer.decoder.num_layers
+        for name in ("class_embed", "bbox_embed", "dim_embed_3d", "angle_embed", "depth_embed"):
+            setattr(self, name, nn.ModuleList(copy.deepcopy(getattr(self, name)) for _ in range(num_pred)))
+        nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+        depthaware_transformer.decoder.bbox_embed = self.bbox_embed
+        depthaware_transformer.decoder.dim_embed = self.dim_embed_3d
+
+    def forward(self, images: Tensor, calibs: Tensor, img_sizes: Optional[Tensor] = None) -> dict:
+        """images (B, 3, H, W) (all of one size, as officially: no padding); calibs (B, 3, 4) the
+        P2 camera matrices; img_sizes (B, 2) (W, H) of the original images, which the geometric
+        depth uses with P2's focal length (default: the input size)."""
+        if images.dim() != 4:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        batch = images.shape[0]
+        if tuple(calibs.shape) != (batch, 3, 4):
+            raise ValueError(f"calibs must be (B, 3, 4) = ({batch}, 3, 4) P2 matrices, got {tuple(calibs.shape)}")
+        if img_sizes is None:
+            img_sizes = torch.tensor([[images.shape[-1], images.shape[-2]]], device=images.device).expand(batch, 2)
+        elif tuple(img_sizes.shape) != (batch, 2):
+            raise ValueError(f"img_sizes must be (B, 2) = ({batch}, 2) (W, H), got {tuple(img_sizes.shape)}")
+        mask = torch.zeros((batch, images.shape[2], images.shape[3]), dtype=torch.bool, device=images.device)
+        features, pos = self.backbone(images, mask)
+        srcs, masks = [], []
+        for level, (feature, feature_mask) in enumerate(features[: self.num_feature_levels]):
+            srcs.append(self.input_proj[level](feature))
+            masks.append(feature_mask)
+        for level in range(len(srcs), self.num_feature_levels):
+            source = features[-1][0] if level == len(features) else srcs[-1]
+            src = self.input_proj[level](source)
+            level_mask = resize_mask(mask, src.shape[-2:])
+            srcs.append(src)
+            masks.append(level_mask)
+            pos.append(self.backbone[1](src, level_mask).to(src.dtype))
+        # All query groups while training; the first group only in eval.
+        query_embeds = self.query_embed.weight if self.training else self.query_embed.weight[: self.num_queries]
+
+        depth_map_logits, depth_pos_embed, weighted_depth, _ = self.depth_predictor(srcs, masks[1], pos[1])
+        hs, init_reference, inter_references, inter_references_dim = self.depthaware_transformer(
+            srcs, masks, pos, query_embeds, depth_pos_embed, masks[1]
+        )
+        per_layer = [
+            self._predict(level, hs[level], init_reference if level == 0 else inter_references[level - 1],
+                          inter_references_dim[level], weighted_depth, calibs, img_sizes)
+            for level in range(hs.shape[0])
+        ]
+        out = dict(per_layer[-1])
+        out["pred_depth_map_logits"] = depth_map_logits
+        if self.aux_loss:
+            out["aux_outputs"] = per_layer[:-1]
+        return out
+
+    def _predict(self, level: int, hs: Tensor, reference: Tensor, size3d: Tensor, weighted_depth: Tensor,
+                 calibs: Tensor, img_sizes: Tensor) -> dict:
+        """One decoder layer's predictions; boxes relative to the reference it sampled around."""
+        reference = inverse_sigmoid(reference)
+        delta = self.bbox_embed[level](hs)
+        if reference.shape[-1] == 6:
+            boxes = (delta + reference).sigmoid()
+        else:
+            boxes = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1).sigmoid()
+        logits = self.class_embed[level](hs)
+
+        # Three depth estimates, averaged: the regressed depth (inverse sigmoid), the geometric
+        # depth (3D height over 2D height, times the focal length), and the depth map at the
+        # projected 3D centre.
+        box2d_height = torch.clamp((boxes[:, :, 4] + boxes[:, :, 5]) * img_sizes[:, 1:2], min=1.0)
+        depth_geo = size3d[:, :, 0] / box2d_height * calibs[:, 0, 0].unsqueeze(1)
+        depth_reg = self.depth_embed[level](hs)
+        grid = ((boxes[..., :2] - 0.5) * 2).unsqueeze(2).detach()
+        depth_map = F.grid_sample(weighted_depth.unsqueeze(1), grid, mode="bilinear", align_corners=True).squeeze(1)
+        depth_direct = 1.0 / (depth_reg[:, :, 0:1].sigmoid() + 1e-6) - 1.0
+        depth = torch.cat([(depth_direct + depth_geo.unsqueeze(-1) + depth_map) / 3, depth_reg[:, :, 1:2]], -1)
+        return {
+            "pred_logits": logits,
+            "pred_boxes": boxes,
+            "pred_3d_dim": size3d,
+            "pred_angle": self.angle_embed[level](hs),
+            "pred_depth": depth,
+        }
+
+
+def build_monodetr(config: MonoDETRConfig) -> MonoDETR:
+    position_embedding = build_position_encoding(config.hidden_dim, config.position_embedding, offset=0.0)
+    backbone = Backbone(
+        config.backbone,
+        train_backbone=config.train_backbone,
+        return_interm_layers=config.num_feature_levels > 1,
+        dilation=config.dilation,
+        from_scratch=config.backbone_from_scratch,
+    )
+    transformer = DepthAwareTransformer(
+        d_model=config.hidden_dim,
+        nhead=config.nheads,
+        num_encoder_layers=config.enc_layers,
+        num_decoder_layers=config.dec_layers,
+        dim_feedforward=config.dim_feedforward,
+        dropout=config.dropout,
+        activation="relu",
+        return_intermediate_dec=True,
+        num_feature_levels=config.num_feature_levels,
+        dec_n_points=config.dec_n_points,
+        enc_n_points=config.enc_n_points,
+        group_num=config.group_num,
+    )
+    depth_predictor = DepthPredictor(
+        d_model=config.hidden_dim,
+        num_depth_bins=config.num_depth_bins,
+        depth_min=config.depth_min,
+        depth_max=config.depth_max,
+        encoder_nhead=config.depth_encoder_nheads,
+        encoder_dim_feedforward=config.depth_encoder_dim_feedforward,
+        dropout=config.dropout,
+    )
+    model = MonoDETR(
+        Joiner(backbone, position_embedding),
+        transformer,
+        depth_predictor,
+        num_classes=config.num_classes,
+        num_queries=config.num_queries,
+        num_feature_levels=config.num_feature_levels,
+        aux_loss=config.aux_loss,
+        with_box_refine=config.with_box_refine,
+        two_stage=config.two_stage,
+        init_box=config.init_box,
+        group_num=config.group_num,
+    )
+    model.config = config
+    return model
+
+
+def make_monodetr_config(**overrides) -> MonoDETRConfig:
+    known = {f.name for f in fields(MonoDETRConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown MonoDETR setting(s) {unknown}; known: {sorted(known)}")
+    return replace(MonoDETRConfig(), **overrides)
+
+
+def monodetr(num_classes: int = 3, pretrained_backbone: Union[bool, str, None] = None, **overrides) -> MonoDETR:
+    """MonoDETR with the official configuration (configs/monodetr.yaml); ``overrides`` use its
+    names (hidden_dim, enc_layers, dec_layers, num_queries, group_num, backbone, ...).
+    ``pretrained_backbone``: True for torchvision's ImageNet weights, or a path/URL."""
+    model = build_monodetr(make_monodetr_config(num_classes=num_classes, **overrides))
+    if pretrained_backbone:
+        source = None if pretrained_backbone is True else str(pretrained_backbone)
+        load_backbone_weights(model.backbone[0], source)
+    return model
+
+
+def load_monodetr_checkpoint(path: str, map_location="cpu", strict: bool = True, **overrides) -> MonoDETR:
+    """Builds the model an official MonoDETR checkpoint (``{"model_state": ...}``; also
+    ``{"model": ...}`` or a bare state dict) was saved from and loads its weights. Settings come
+    from the state dict's keys and shapes; ``overrides`` settle what they cannot tell
+    (``group_num``: the query rows are num_queries x group_num; ``nheads``; ``depth_min``)."""
+    checkpoint = read_checkpoint(path, map_location)
+    state = checkpoint
+    for key in ("model_state", "model"):
+        if isinstance(checkpoint.get(key), dict):
+            state = checkpoint[key]
+            break
+    settings = {**monodetr_config_from_state_dict(state, nheads=overrides.get("nheads", 8),
+                                                   group_num=overrides.get("group_num", 11)), **overrides}
+    model = build_monodetr(make_monodetr_config(**settings))
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def monodetr_config_from_state_dict(state: dict, nheads: int = 8, group_num: int = 11) -> dict:
+    prefix = "depthaware_transformer"
+    if f"{prefix}.level_embed" not in state:
+        raise ValueError(f"not a MonoDETR state dict: no '{prefix}.level_embed'")
+    levels, hidden_dim = state[f"{prefix}.level_embed"].shape
+
+    def count(key_prefix: str) -> int:
+        return len({k[len(key_prefix):].split(".")[0] for k in state if k.startswith(key_prefix)})
+
+    query_rows = state["query_embed.weight"].shape[0]
+    if query_rows % group_num != 0:
+        raise ValueError(f"query_embed has {query_rows} rows, not a multiple of group_num={group_num}: "
+                         "pass the checkpoint's group_num")
+    depth_encoder = "depth_predictor.depth_encoder.layers.0."
+    return dict(
+        num_classes=state["class_embed.0.weight"].shape[0],
+        hidden_dim=int(hidden_dim),
+        num_feature_levels=int(levels),
+        enc_layers=count(f"{prefix}.encoder.layers."),
+        dec_layers=count(f"{prefix}.decoder.layers."),
+        dim_feedforward=state[f"{prefix}.encoder.layers.0.linear1.weight"].shape[0],
+        enc_n_points=_points_per_head(state, "encoder", nheads, int(levels), prefix=prefix),
+        dec_n_points=_points_per_head(state, "decoder", nheads, int(levels), prefix=prefix),
+        num_queries=query_rows // group_num,
+        group_num=group_num,
+        num_depth_bins=state["depth_predictor.depth_classifier.weight"].shape[0] - 1,
+        depth_max=float(state["depth_predictor.depth_bin_values"][-1]),
+        depth_encoder_dim_feedforward=state[depth_encoder + "linear1.weight"].shape[0],
+        backbone=_backbone_from_state(state, count("backbone.0.body.layer3.")),
+        position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
+        backbone_from_scratch="backbone.0.body.bn1.num_batches_tracked" in state,
+    )
