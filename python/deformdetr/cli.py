@@ -85,13 +85,16 @@ def _load_for_prediction(checkpoint_path: str):
 
     from deformdetr.data.transforms import make_coco_transforms
     from deformdetr.engine.checkpoint import load_training_checkpoint
-    from deformdetr.engine.trainer import build_model, transform_settings
+    from deformdetr.engine.tasks import get_task
+    from deformdetr.engine.tasks.detection import transform_settings
     from deformdetr.models import load_checkpoint
 
     state = load_training_checkpoint(checkpoint_path)
     if "config" in state:
         cfg = state["config"]
-        model, _, _ = build_model(cfg, load_pretrained=False)
+        if cfg["task"] != "detection":
+            raise SystemExit(f"predict draws 2D detections; this checkpoint is a {cfg['task']} model")
+        model, _ = get_task(cfg).build_model(cfg, load_pretrained=False)
         model.load_state_dict(state["model"])
         transform = make_coco_transforms("val", **transform_settings(cfg["data"]))
         return model, transform, state.get("class_names", {})

@@ -1,6 +1,7 @@
 """YAML presets and their overrides.
 
-A config has four sections, ``model`` (the settings of
+A config has a ``task`` ("detection": Deformable DETR on COCO-format data; "mono3d": MonoDETR on
+KITTI-format data), four sections, ``model`` (for detection, the settings of
 :class:`~deformdetr.models.deformable_detr.DeformableDETRConfig` plus ``variant`` and
 ``pretrained_backbone``), ``data``, ``train`` and ``loss``, plus ``output_dir`` and ``device``.
 Names follow the official ``main.py`` arguments. A preset may name a ``base`` preset whose values
@@ -33,8 +34,15 @@ def preset_names() -> list[str]:
 
 PRESETS = preset_names()
 
-# The schema: every key a config may hold, with its default. Presets only change values.
-_SCHEMA = yaml.safe_load(resources.files(__package__).joinpath("_defaults.yaml").read_text())
+# The schemas, one per task: every key a config may hold, with its default. Presets only change
+# values. A preset picks its schema with its top-level ``task`` key (default: detection).
+_SCHEMA_FILES = {"detection": "_defaults.yaml", "mono3d": "_defaults_mono3d.yaml"}
+
+
+def _schema(task: str) -> dict:
+    if task not in _SCHEMA_FILES:
+        raise ConfigError(f"task must be one of {sorted(_SCHEMA_FILES)}, got {task!r}")
+    return yaml.safe_load(resources.files(__package__).joinpath(_SCHEMA_FILES[task]).read_text())
 
 
 def _read_yaml(name_or_path: str) -> dict:
@@ -71,13 +79,22 @@ def _merge(base: dict, update: Mapping, origin: str, path: str = "") -> dict:
     return merged
 
 
-def _resolve(name_or_path: str, seen: tuple = ()) -> dict:
+def _chain(name_or_path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
+    """The preset and its bases, base first."""
     if name_or_path in seen:
         raise ConfigError(f"config bases form a cycle: {' -> '.join(seen + (name_or_path,))}")
     data = _read_yaml(name_or_path)
     base_name = data.pop("base", None)
-    base = _resolve(base_name, seen + (name_or_path,)) if base_name else copy.deepcopy(_SCHEMA)
-    return _merge(base, data, name_or_path)
+    return (_chain(base_name, seen + (name_or_path,)) if base_name else []) + [(name_or_path, data)]
+
+
+def _resolve(name_or_path: str) -> dict:
+    chain = _chain(name_or_path)
+    task = next((data["task"] for _, data in reversed(chain) if "task" in data), "detection")
+    config = _schema(task)
+    for origin, data in chain:
+        config = _merge(config, data, origin)
+    return config
 
 
 def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
@@ -104,10 +121,11 @@ def load_config(name_or_path: str, overrides: Optional[Iterable[str]] = None) ->
 def _check(config: dict) -> None:
     from deformdetr.models.deformable_detr import VARIANTS
 
-    if config["model"]["variant"] not in VARIANTS:
+    if config["task"] == "detection" and config["model"]["variant"] not in VARIANTS:
         raise ConfigError(f"model.variant must be one of {list(VARIANTS)}, got {config['model']['variant']!r}")
-    if config["data"]["dataset"] not in ("coco", "synthetic"):
-        raise ConfigError(f"data.dataset must be 'coco' or 'synthetic', got {config['data']['dataset']!r}")
+    datasets = {"detection": ("coco", "synthetic"), "mono3d": ("kitti", "synthetic")}[config["task"]]
+    if config["data"]["dataset"] not in datasets:
+        raise ConfigError(f"data.dataset must be one of {datasets}, got {config['data']['dataset']!r}")
     if config["train"]["amp"] not in ("off", "bf16", "fp16"):
         raise ConfigError(f"train.amp must be off, bf16 or fp16, got {config['train']['amp']!r}")
     for key in ("batch_size", "epochs"):

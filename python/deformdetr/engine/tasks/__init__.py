@@ -1,0 +1,28 @@
+"""What differs between the detectors the engine trains: a *task* builds the model, criterion and
+data sets from a config, turns a collated batch into the model's inputs and the targets, and
+evaluates. The training loop itself (engine.trainer) is one for all tasks.
+
+A task provides:
+    build_model(cfg, load_pretrained) -> (model, criterion)
+    build_datasets(cfg) -> (train set, val set)
+    collate_fn(samples) -> batch
+    split_batch(batch, device) -> (model input tuple, targets on device)
+    evaluate(model, loader, dataset, device, autocast) -> {metric: value} (main process; {} elsewhere)
+    class_names(dataset) -> {label: name}
+"""
+
+from __future__ import annotations
+
+__all__ = ["get_task"]
+
+
+def get_task(cfg: dict):
+    if cfg["task"] == "detection":
+        from deformdetr.engine.tasks.detection import DetectionTask
+
+        return DetectionTask()
+    if cfg["task"] == "mono3d":
+        from deformdetr.engine.tasks.mono3d import Mono3DTask
+
+        return Mono3DTask()
+    raise ValueError(f"unknown task {cfg['task']!r}")
