@@ -9,6 +9,7 @@ namespace deformdetr::bindings {
 void register_ms_deform_attn(nb::module_& m);
 void register_matching(nb::module_& m);
 void register_boxes(nb::module_& m);
+void register_rotated_iou(nb::module_& m);
 }  // namespace deformdetr::bindings
 
 NB_MODULE(_C, m) {
@@ -22,4 +23,5 @@ NB_MODULE(_C, m) {
   deformdetr::bindings::register_ms_deform_attn(m);
   deformdetr::bindings::register_matching(m);
   deformdetr::bindings::register_boxes(m);
+  deformdetr::bindings::register_rotated_iou(m);
 }

@@ -28,3 +28,11 @@ __all__ += [
     "box_iou_reference",
     "generalized_box_iou_reference",
 ]
+from deformdetr.ops.rotated_iou import (
+    bev_box_iou,
+    bev_box_iou_reference,
+    box3d_iou,
+    box3d_iou_reference,
+)
+
+__all__ += ["bev_box_iou", "box3d_iou", "bev_box_iou_reference", "box3d_iou_reference"]
