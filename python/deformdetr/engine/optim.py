@@ -1,4 +1,4 @@
-"""The official optimizer: AdamW with three parameter groups (the rest at lr; the backbone at
+"""The official optimizers. Deformable DETR: AdamW with three parameter groups (the rest at lr; the backbone at
 lr_backbone; sampling offsets and reference points at lr * lr_linear_proj_mult), and a step
 decay of the learning rate by 10x at epoch lr_drop."""
 
@@ -9,7 +9,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["parameter_groups", "build_optimizer", "build_scheduler"]
+__all__ = ["parameter_groups", "build_optimizer", "build_scheduler", "build_mono_optimizer",
+           "build_mono_scheduler"]
 
 
 def _matches(name: str, keywords: Sequence[str]) -> bool:
@@ -37,3 +38,16 @@ def build_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: dict):
     return torch.optim.lr_scheduler.StepLR(optimizer, train["lr_drop"])
+
+
+def build_mono_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
+    """MonoDETR's official optimizer: AdamW, no weight decay on biases."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if "bias" in n], "weight_decay": 0.0},
+              {"params": [p for n, p in named if "bias" not in n], "weight_decay": train["weight_decay"]}]
+    return torch.optim.AdamW(groups, lr=train["lr"])
+
+
+def build_mono_scheduler(optimizer: torch.optim.Optimizer, train: dict):
+    """MonoDETR's official schedule: the learning rate times decay_rate at each decay_list epoch."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, train["decay_list"], gamma=train["decay_rate"])

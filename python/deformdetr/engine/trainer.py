@@ -24,7 +24,6 @@ from deformdetr.engine.checkpoint import (
     rng_state,
     save_atomic,
 )
-from deformdetr.engine.optim import build_optimizer, build_scheduler
 from deformdetr.engine.tasks import get_task
 from deformdetr.engine.outputs import as_float32
 
@@ -138,8 +137,8 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True) -> dic
     checkpoint = load_training_checkpoint(resume) if resume else None
     model, criterion = task.build_model(cfg, load_pretrained=checkpoint is None)
     model.to(device)
-    optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
+    optimizer = task.build_optimizer(model, train_cfg)
+    scheduler = task.build_scheduler(optimizer, train_cfg)
     start_epoch = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])

@@ -5,6 +5,7 @@ evaluates. The training loop itself (engine.trainer) is one for all tasks.
 A task provides:
     build_model(cfg, load_pretrained) -> (model, criterion)
     build_datasets(cfg) -> (train set, val set)
+    build_optimizer(model, train section), build_scheduler(optimizer, train section)
     collate_fn(samples) -> batch
     split_batch(batch, device) -> (model input tuple, targets on device)
     evaluate(model, loader, dataset, device, autocast) -> {metric: value} (main process; {} elsewhere)

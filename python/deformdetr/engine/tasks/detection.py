@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from deformdetr.engine import distributed as dist
+from deformdetr.engine.optim import build_optimizer, build_scheduler
 from deformdetr.engine.outputs import as_float32
 from deformdetr.eval.coco import coco_detections, evaluate_coco
 from deformdetr.models.backbone import load_backbone_weights
@@ -67,6 +68,14 @@ class DetectionTask:
                 dist.barrier()
         return tuple(build_coco(data["root"], split, skip_corrupt=data["skip_corrupt"], **transform_settings(data))
                      for split in ("train", "val"))
+
+    @staticmethod
+    def build_optimizer(model, train: dict):
+        return build_optimizer(model, train)
+
+    @staticmethod
+    def build_scheduler(optimizer, train: dict):
+        return build_scheduler(optimizer, train)
 
     @staticmethod
     def collate_fn(samples):
