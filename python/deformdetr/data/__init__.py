@@ -10,6 +10,9 @@ from deformdetr.data.synthetic import (
     generate_synthetic_coco,
 )
 from deformdetr.data.transforms import make_coco_transforms
+from deformdetr.data.kitti import Calibration, KittiObject, read_calib, read_labels, write_calib, write_labels
+from deformdetr.data.kitti_dataset import KITTI_CLASS_NAMES, KittiMono3D, mono_collate_fn
+from deformdetr.data.synthetic_kitti import SyntheticKitti, generate_synthetic_kitti
 
 __all__ = [
     "CocoDetection",
@@ -22,4 +25,15 @@ __all__ = [
     "SYNTHETIC_TRANSFORM_KWARGS",
     "SyntheticCoco",
     "generate_synthetic_coco",
+    "Calibration",
+    "KittiObject",
+    "read_calib",
+    "read_labels",
+    "write_calib",
+    "write_labels",
+    "KITTI_CLASS_NAMES",
+    "KittiMono3D",
+    "mono_collate_fn",
+    "SyntheticKitti",
+    "generate_synthetic_kitti",
 ]

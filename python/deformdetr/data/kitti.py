@@ -1,0 +1,268 @@
+"""The KITTI object-detection file formats: camera calibration (``calib/*.txt``) and labels
+(``label_2/*.txt``), with the geometry MonoDETR's data pipeline needs (the official
+``kitti_utils``'s ``Calibration`` and ``Object3d``).
+
+Coordinates are KITTI's rectified camera frame: x right, y down, z forward (metres). A label's
+``location`` is the bottom centre of its 3D box; ``ry`` is the rotation about the camera's y
+axis in [-pi, pi]; ``alpha`` is the observation angle, ry minus the angle of the ray to the
+object. ``box2d`` is (x1, y1, x2, y2) in pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterable, Optional, Union
+
+import numpy as np
+
+__all__ = [
+    "Calibration",
+    "KittiObject",
+    "read_calib",
+    "write_calib",
+    "read_labels",
+    "write_labels",
+    "kitti_level",
+    "wrap_angle",
+]
+
+PathLike = Union[str, os.PathLike]
+
+#: KITTI's difficulty levels by (min 2D box height px, max truncation, max occlusion).
+_LEVELS = (("Easy", 1, 40.0, 0.15, 0), ("Moderate", 2, 25.0, 0.3, 1), ("Hard", 3, 25.0, 0.5, 2))
+
+
+def wrap_angle(angle: float) -> float:
+    """One step of 2 pi towards [-pi, pi] (as the official code: enough for sums of two angles
+    that are each in range)."""
+    if angle > math.pi:
+        angle -= 2 * math.pi
+    if angle < -math.pi:
+        angle += 2 * math.pi
+    return angle
+
+
+class Calibration:
+    """The camera of one KITTI image: ``P2`` (3, 4) projects rectified camera coordinates to pixels
+    of ``image_2``. ``R0`` (3, 3) and ``V2C`` (3, 4, velodyne to camera) are kept when read from a
+    file (identity / zeros otherwise); MonoDETR uses P2 only."""
+
+    def __init__(self, P2, R0=None, V2C=None, P3=None):
+        self.P2 = np.asarray(P2, dtype=np.float32).reshape(3, 4).copy()
+        self.P3 = None if P3 is None else np.asarray(P3, dtype=np.float32).reshape(3, 4).copy()
+        self.R0 = np.eye(3, dtype=np.float32) if R0 is None else np.asarray(R0, dtype=np.float32).reshape(3, 3)
+        self.V2C = np.zeros((3, 4), np.float32) if V2C is None else np.asarray(V2C, dtype=np.float32).reshape(3, 4)
+
+    # intrinsics, derived from P2 (so that they follow any change of it)
+    @property
+    def fu(self) -> float:
+        return float(self.P2[0, 0])
+
+    @property
+    def fv(self) -> float:
+        return float(self.P2[1, 1])
+
+    @property
+    def cu(self) -> float:
+        return float(self.P2[0, 2])
+
+    @property
+    def cv(self) -> float:
+        return float(self.P2[1, 2])
+
+    @property
+    def tx(self) -> float:
+        """The camera's x offset from the reference camera: P2[0, 3] = -fu * tx."""
+        return float(self.P2[0, 3] / -self.P2[0, 0])
+
+    @property
+    def ty(self) -> float:
+        return float(self.P2[1, 3] / -self.P2[1, 1])
+
+    def copy(self) -> "Calibration":
+        return Calibration(self.P2, self.R0, self.V2C, self.P3)
+
+    def rect_to_img(self, pts_rect) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) points -> ((N, 2) pixels, (N,) depth in the rectified frame)."""
+        pts = np.asarray(pts_rect, dtype=np.float64).reshape(-1, 3)
+        hom = np.concatenate([pts, np.ones((len(pts), 1))], axis=1) @ self.P2.T.astype(np.float64)
+        # The official divides by the point's z (not the third row): they differ by P2[2, 3], a few mm.
+        pixels = hom[:, 0:2] / pts[:, 2:3]
+        return pixels, hom[:, 2] - float(self.P2[2, 3])
+
+    def img_to_rect(self, u, v, depth) -> np.ndarray:
+        """Pixels (u, v) at rectified depth -> (N, 3) points; the inverse of :meth:`rect_to_img`."""
+        u, v, depth = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (u, v, depth))
+        x = (u - self.cu) * depth / self.fu + self.tx
+        y = (v - self.cv) * depth / self.fv + self.ty
+        return np.stack([x, y, depth], axis=1)
+
+    def alpha2ry(self, alpha: float, u: float) -> float:
+        """Observation angle at image column ``u`` (the 2D box centre) -> rotation ry."""
+        return wrap_angle(alpha + math.atan2(u - self.cu, self.fu))
+
+    def ry2alpha(self, ry: float, u: float) -> float:
+        return wrap_angle(ry - math.atan2(u - self.cu, self.fu))
+
+    def corners_to_img_boxes(self, corners3d) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 8, 3) box corners -> ((N, 4) enclosing boxes x1, y1, x2, y2, (N, 8, 2) pixels),
+        dividing by the projected third coordinate (as the official ``corners3d_to_img_boxes``)."""
+        corners = np.asarray(corners3d, dtype=np.float64).reshape(-1, 8, 3)
+        hom = np.concatenate([corners, np.ones(corners.shape[:2] + (1,))], axis=2) @ self.P2.T.astype(np.float64)
+        pixels = hom[..., 0:2] / hom[..., 2:3]
+        boxes = np.concatenate([pixels.min(axis=1), pixels.max(axis=1)], axis=1)
+        return boxes, pixels
+
+    def to_lines(self) -> list[str]:
+        """The seven lines of a KITTI calib file (P0 = P1 = P2 and P3 = P2 unless given)."""
+        def row(name, matrix):
+            return name + ": " + " ".join(f"{float(x):.12e}" for x in np.asarray(matrix).reshape(-1))
+
+        p3 = self.P2 if self.P3 is None else self.P3
+        return [row("P0", self.P2), row("P1", self.P2), row("P2", self.P2), row("P3", p3),
+                row("R0_rect", self.R0), row("Tr_velo_to_cam", self.V2C),
+                row("Tr_imu_to_velo", np.zeros((3, 4)))]
+
+    def __repr__(self) -> str:
+        return f"Calibration(P2={self.P2.tolist()})"
+
+
+def read_calib(path: PathLike) -> Calibration:
+    """A KITTI calib file -> :class:`Calibration`. Matrices are found by their names (``P2:``,
+    ``R0_rect:``, ``Tr_velo_to_cam:``); a file without a 12-number P2 raises ValueError naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"calibration file {path!r} not found")
+    matrices = {}
+    with open(path) as handle:
+        for line in handle:
+            if ":" not in line:
+                continue
+            name, values = line.split(":", 1)
+            try:
+                matrices[name.strip()] = np.array(values.split(), dtype=np.float32)
+            except ValueError as error:
+                raise ValueError(f"{path!r}: bad numbers for {name.strip()!r} ({error})") from None
+    p2 = matrices.get("P2")
+    if p2 is None or p2.size != 12:
+        raise ValueError(f"{path!r}: no 3x4 'P2:' matrix")
+
+    def optional(name, size):
+        value = matrices.get(name)
+        return value if value is not None and value.size == size else None
+
+    return Calibration(p2, R0=optional("R0_rect", 9), V2C=optional("Tr_velo_to_cam", 12), P3=optional("P3", 12))
+
+
+def write_calib(path: PathLike, calib: Union[Calibration, np.ndarray]) -> None:
+    if not isinstance(calib, Calibration):
+        calib = Calibration(calib)
+    with open(os.fspath(path), "w") as handle:
+        handle.write("\n".join(calib.to_lines()) + "\n")
+
+
+def kitti_level(box_height: float, truncation: float, occlusion: float, height_scale: float = 1.0) -> tuple[str, int]:
+    """KITTI's difficulty of an object: ("Easy", 1), ("Moderate", 2), ("Hard", 3), ("UnKnown", 4)
+    (too small, truncated or occluded), or ("DontCare", 0) for truncation -1. ``box_height`` is
+    y2 - y1 + 1 (as the official); the pixel thresholds 40 / 25 are multiplied by
+    ``height_scale`` (1 for KITTI-sized images)."""
+    if truncation == -1:
+        return "DontCare", 0
+    for name, level, min_height, max_trunc, max_occ in _LEVELS:
+        if box_height >= min_height * height_scale and truncation <= max_trunc and occlusion <= max_occ:
+            return name, level
+    return "UnKnown", 4
+
+
+@dataclass
+class KittiObject:
+    """One line of a KITTI label file. ``occlusion``: 0 visible, 1 partly, 2 largely occluded, 3
+    unknown; ``truncation`` in [0, 1] (-1 for DontCare); ``score`` only in detection results."""
+
+    type: str
+    truncation: float
+    occlusion: float
+    alpha: float
+    box2d: np.ndarray  # (4,) float32 x1, y1, x2, y2
+    h: float
+    w: float
+    l: float
+    location: np.ndarray  # (3,) float32 x, y, z of the bottom centre
+    ry: float
+    score: Optional[float] = None
+
+    def __post_init__(self):
+        self.box2d = np.asarray(self.box2d, dtype=np.float32).reshape(4).copy()
+        self.location = np.asarray(self.location, dtype=np.float32).reshape(3).copy()
+
+    @classmethod
+    def from_line(cls, line: str) -> "KittiObject":
+        parts = line.split()
+        if len(parts) not in (15, 16):
+            raise ValueError(f"a KITTI label line has 15 or 16 fields, got {len(parts)}: {line.strip()!r}")
+        v = [float(x) for x in parts[1:]]
+        return cls(type=parts[0], truncation=v[0], occlusion=v[1], alpha=v[2], box2d=v[3:7], h=v[7], w=v[8],
+                   l=v[9], location=v[10:13], ry=v[13], score=v[14] if len(v) == 15 else None)
+
+    def to_kitti_line(self, precision: int = 2) -> str:
+        """The label line (KITTI writes 2 decimals; occlusion as an integer), with the score if set."""
+        f = f"{{:.{precision}f}}"
+        values = [self.alpha, *self.box2d.tolist(), self.h, self.w, self.l, *self.location.tolist(), self.ry]
+        fields = [self.type, f.format(self.truncation), str(int(self.occlusion))] + [f.format(x) for x in values]
+        if self.score is not None:
+            fields.append(f.format(self.score))
+        return " ".join(fields)
+
+    def copy(self) -> "KittiObject":
+        return KittiObject(self.type, self.truncation, self.occlusion, self.alpha, self.box2d, self.h, self.w,
+                           self.l, self.location, self.ry, self.score)
+
+    # ---- derived -----------------------------------------------------------------------------
+    @property
+    def center_3d(self) -> np.ndarray:
+        """The 3D box's centre (the location is its bottom centre; y points down)."""
+        return self.location + np.array([0.0, -self.h / 2, 0.0], dtype=np.float32)
+
+    @property
+    def distance(self) -> float:
+        return float(np.linalg.norm(self.location))
+
+    def level(self, height_scale: float = 1.0) -> tuple[str, int]:
+        """KITTI difficulty (see :func:`kitti_level`) from the 2D box height."""
+        return kitti_level(float(self.box2d[3]) - float(self.box2d[1]) + 1, self.truncation, self.occlusion,
+                           height_scale)
+
+    def corners3d(self) -> np.ndarray:
+        """(8, 3) corners: 0-3 the bottom face, 4-7 the top face above them (the official order)."""
+        l, h, w = self.l, self.h, self.w
+        x = np.array([l, l, -l, -l, l, l, -l, -l]) / 2
+        y = np.array([0, 0, 0, 0, -h, -h, -h, -h], dtype=np.float64)
+        z = np.array([w, -w, -w, w, w, -w, -w, w]) / 2
+        c, s = math.cos(self.ry), math.sin(self.ry)
+        rotation = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        return (rotation @ np.stack([x, y, z])).T + self.location.astype(np.float64)
+
+
+def read_labels(path: PathLike) -> list[KittiObject]:
+    """A KITTI label file -> its objects (blank lines skipped); errors name the file and line."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"label file {path!r} not found")
+    objects = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                objects.append(KittiObject.from_line(line))
+            except ValueError as error:
+                raise ValueError(f"{path!r} line {number}: {error}") from None
+    return objects
+
+
+def write_labels(path: PathLike, objects: Iterable[KittiObject], precision: int = 2) -> None:
+    with open(os.fspath(path), "w") as handle:
+        for obj in objects:
+            handle.write(obj.to_kitti_line(precision) + "\n")
