@@ -10,19 +10,22 @@ from PIL import Image, ImageDraw
 
 __all__ = ["draw_detections", "plot_log"]
 
+_MIN_SIDE = 256
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
             (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
 
 
 def draw_detections(image: Image.Image, boxes: Sequence[Sequence[float]], labels: Sequence[int],
                     scores: Sequence[float], class_names: Optional[Mapping[int, str]] = None) -> Image.Image:
-    """A copy of ``image`` with each (x0, y0, x1, y1) box outlined and captioned "name score"."""
-    canvas = image.convert("RGB").copy()
+    """A copy of ``image`` with each (x0, y0, x1, y1) box outlined and captioned "name score".
+    Images under 256 px are enlarged first (whole pixels, nearest) so that captions stay legible."""
+    scale = max(1, -(-_MIN_SIDE // max(1, min(image.size))))
+    canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(canvas.size) / 150))
     for box, label, score in zip(boxes, labels, scores):
         color = _PALETTE[int(label) % len(_PALETTE)]
-        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, y0, x1, y1 = (float(v) * scale for v in box)
         draw.rectangle([x0, y0, x1, y1], outline=color, width=width)
         name = (class_names or {}).get(int(label), str(int(label)))
         caption = f"{name} {float(score):.2f}"
