@@ -14,7 +14,24 @@ A task provides:
 
 from __future__ import annotations
 
-__all__ = ["get_task"]
+import os
+from typing import Callable
+
+__all__ = ["get_task", "generate_synthetic_once"]
+
+
+def generate_synthetic_once(data: dict, marker: str, generate: Callable) -> None:
+    """Writes the configured synthetic set into data.root unless ``marker`` (a file the generator
+    writes last) is already there: on the main process, while the others wait."""
+    from deformdetr.engine import distributed as dist
+
+    if os.path.exists(os.path.join(data["root"], marker)):
+        return
+    if dist.is_main_process():
+        synthetic = data["synthetic"]
+        generate(data["root"], num_train=synthetic["num_train"], num_val=synthetic["num_val"],
+                 image_size=synthetic["image_size"], seed=synthetic["seed"])
+    dist.barrier()
 
 
 def get_task(cfg: dict):

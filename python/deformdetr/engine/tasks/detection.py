@@ -12,6 +12,7 @@ from tqdm import tqdm
 from deformdetr.engine import distributed as dist
 from deformdetr.engine.optim import build_optimizer, build_scheduler
 from deformdetr.engine.outputs import as_float32
+from deformdetr.engine.tasks import generate_synthetic_once
 from deformdetr.eval.coco import coco_detections, evaluate_coco
 from deformdetr.models.backbone import load_backbone_weights
 from deformdetr.models.criterion import build_criterion
@@ -58,14 +59,8 @@ class DetectionTask:
 
         data = cfg["data"]
         if data["dataset"] == "synthetic":
-            marker = os.path.join(data["root"], "annotations", "instances_val2017.json")
-            if not os.path.exists(marker):
-                if dist.is_main_process():
-                    synthetic = data["synthetic"]
-                    generate_synthetic_coco(data["root"], num_train=synthetic["num_train"],
-                                            num_val=synthetic["num_val"], image_size=synthetic["image_size"],
-                                            seed=synthetic["seed"])
-                dist.barrier()
+            generate_synthetic_once(data, os.path.join("annotations", "instances_val2017.json"),
+                                    generate_synthetic_coco)
         return tuple(build_coco(data["root"], split, skip_corrupt=data["skip_corrupt"], **transform_settings(data))
                      for split in ("train", "val"))
 

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from deformdetr.engine import distributed as dist
 from deformdetr.engine.optim import build_mono_optimizer, build_mono_scheduler
 from deformdetr.engine.outputs import as_float32
+from deformdetr.engine.tasks import generate_synthetic_once
 from deformdetr.engine.tasks.detection import to_device
 
 __all__ = ["Mono3DTask"]
@@ -49,14 +50,9 @@ class Mono3DTask:
 
         data = cfg["data"]
         if data["dataset"] == "synthetic":
-            marker = os.path.join(data["root"], "ImageSets", f"{data['val_split']}.txt")
-            if not os.path.exists(marker):
-                if dist.is_main_process():
-                    synthetic = data["synthetic"]
-                    generate_synthetic_kitti(data["root"], num_train=synthetic["num_train"],
-                                             num_val=synthetic["num_val"],
-                                             image_size=tuple(synthetic["image_size"]), seed=synthetic["seed"])
-                dist.barrier()
+            synthetic_kitti = lambda root, image_size, **kw: generate_synthetic_kitti(  # noqa: E731
+                root, image_size=tuple(image_size), **kw)
+            generate_synthetic_once(data, os.path.join("ImageSets", f"{data['val_split']}.txt"), synthetic_kitti)
         common = dict(resolution=tuple(data["resolution"]), random_flip=data["random_flip"],
                       random_crop=data["random_crop"], scale=data["scale"], shift=data["shift"],
                       height_scale=data["height_scale"])
