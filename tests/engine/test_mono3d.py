@@ -39,3 +39,12 @@ def test_mono3d_config_rejects_detection_keys():
 
     with pytest.raises(ConfigError, match="model.variant"):
         load_config("monodetr_synthetic", ["model.variant=two_stage"])
+
+
+def test_monodetr_training_loss_falls_on_synthetic_kitti(tmp_path, kitti_root):
+    out = tmp_path / "falls"
+    overrides = TINY_MONO + [f"data.root={kitti_root}", "train.epochs=5", "train.lr=1e-3",
+                             "train.eval_every=100", "data.random_crop=0", "data.random_flip=0"]
+    assert main(["train", "--config", "monodetr_synthetic", "--output-dir", str(out), *overrides]) == 0
+    losses = [json.loads(line)["train_loss"] for line in open(out / "log.jsonl")]
+    assert len(losses) == 5 and losses[-1] < 0.8 * losses[0]

@@ -75,8 +75,24 @@ def _merge(base: dict, update: Mapping, origin: str, path: str = "") -> dict:
         if isinstance(merged[key], dict) and merged[key]:
             merged[key] = _merge(merged[key], value, origin, where + ".")
         else:
-            merged[key] = copy.deepcopy(value)
+            merged[key] = _coerce(merged[key], copy.deepcopy(value), origin, where)
     return merged
+
+
+def _coerce(default: Any, value: Any, origin: str, where: str) -> Any:
+    """``value`` in the type of the schema's ``default``. YAML reads ``1e-4`` as a string (it wants
+    ``1.0e-4``): numbers written either way are accepted; a word where a number belongs is an error."""
+    if isinstance(default, bool) or default is None or value is None:
+        return value
+    if isinstance(default, (int, float)) and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{origin}: {where!r} must be a number, got {value!r}") from None
+        return int(number) if isinstance(default, int) and number.is_integer() else number
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _chain(name_or_path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
@@ -97,13 +113,23 @@ def _resolve(name_or_path: str) -> dict:
     return config
 
 
+def _lookup(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
     """``section.key=value`` strings, values parsed as YAML (``train.lr=1e-3``, ``model.two_stage=true``)."""
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} must look like section.key=value")
         dotted, raw = override.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        # Where the schema holds a word, take the text as written (YAML would turn off/no into False).
+        value = raw if isinstance(_lookup(config, dotted), str) else (yaml.safe_load(raw) if raw != "" else None)
         update: Any = value
         for part in reversed(dotted.split(".")):
             update = {part: update}

@@ -36,7 +36,9 @@ class DetectionTask:
     name = "detection"
 
     def build_model(self, cfg: dict, load_pretrained: bool = True):
-        settings = {k: v for k, v in cfg["model"].items() if k not in ("variant", "pretrained_backbone")}
+        # None leaves a setting to the variant (e.g. two_stage for "two_stage").
+        settings = {k: v for k, v in cfg["model"].items()
+                    if k not in ("variant", "pretrained_backbone") and v is not None}
         settings["lr_backbone"] = cfg["train"]["lr_backbone"]
         config = make_config(cfg["model"]["variant"], **settings)
         model = build_deformable_detr(config)
