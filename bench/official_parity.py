@@ -81,7 +81,6 @@ def import_official():
 
     msf.MSDeformAttnFunction.apply = staticmethod(_apply)
 
-    import models
     import models.backbone as ob
     import models.deformable_detr as odd
 

@@ -81,7 +81,6 @@ def _image_paths(inputs) -> list[str]:
 
 def _load_for_prediction(checkpoint_path: str):
     """(model, eval transform, class names) from a trainer checkpoint or an official one."""
-    import torch
 
     from deformdetr.data.transforms import make_coco_transforms
     from deformdetr.engine.checkpoint import load_training_checkpoint

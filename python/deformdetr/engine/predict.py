@@ -7,7 +7,6 @@ import os
 from typing import Mapping, Optional, Sequence
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from deformdetr.engine.visualize import draw_detections

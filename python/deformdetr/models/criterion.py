@@ -4,8 +4,7 @@ the encoder proposals. Loss names and weights are the official ones."""
 
 from __future__ import annotations
 
-import copy
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

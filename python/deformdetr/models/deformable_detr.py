@@ -7,7 +7,7 @@ import argparse
 import copy
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Optional, Sequence, Union
 
 import torch

@@ -5,7 +5,6 @@ centre, the depth and the camera (P2), the size (plus the class mean size) and t
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional, Sequence
 
 import numpy as np

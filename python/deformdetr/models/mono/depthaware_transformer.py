@@ -6,7 +6,6 @@ cross-attention), then an FFN. Reference points grow from (x, y) to 6-d boxes
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
