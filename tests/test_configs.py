@@ -35,7 +35,7 @@ def test_official_variant_presets_build_their_variant(preset, levels, dilation, 
 def test_model_settings_override_the_variant():
     from deformdetr.engine.tasks.detection import DetectionTask
 
-    cfg = load_config("demo_synthetic", ["model.num_feature_levels=3"])
+    cfg = load_config("demo_synthetic", ["model.variant=box_refine", "model.num_feature_levels=3"])
     model, _ = DetectionTask().build_model(cfg, load_pretrained=False)
     assert model.config.num_feature_levels == 3 and model.config.with_box_refine
 
