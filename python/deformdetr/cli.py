@@ -58,7 +58,7 @@ def _print_eval(stats: dict) -> None:
 def _eval(args) -> int:
     from deformdetr.engine.trainer import evaluate_checkpoint
 
-    stats = evaluate_checkpoint(_config(args), args.checkpoint)
+    stats = evaluate_checkpoint(_config(args), args.checkpoint, args.results_dir)
     _print_eval(stats)
     if args.json:
         with open(args.json, "w") as handle:
@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", "-c", default="demo_synthetic")
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--json", help="also write the metrics to this file")
+    evaluate.add_argument("--results-dir", help="mono3d: also write KITTI result files (one .txt per image)")
     evaluate.add_argument("overrides", nargs="*", help=overrides_help)
     evaluate.set_defaults(run=_eval)
 

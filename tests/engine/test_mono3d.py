@@ -7,6 +7,7 @@ import pytest
 from deformdetr.cli import main
 from deformdetr.data import generate_synthetic_kitti
 from deformdetr.engine.checkpoint import load_training_checkpoint
+from deformdetr.eval import read_kitti_result_dir
 
 TINY_MONO = ["data.num_workers=0", "train.batch_size=4", "train.epochs=1", "device=cpu",
              "model.hidden_dim=64", "model.enc_layers=1", "model.dec_layers=1", "model.num_queries=6"]
@@ -28,10 +29,14 @@ def test_monodetr_trains_and_evaluates_on_synthetic_kitti(tmp_path, kitti_root):
     assert 0.0 <= record["test_Car_3d_moderate_R40"] <= 100.0
     checkpoint = out / "checkpoint.pth"
     assert load_training_checkpoint(str(checkpoint))["config"]["task"] == "mono3d"
-    metrics = tmp_path / "metrics.json"
+    metrics, results = tmp_path / "metrics.json", tmp_path / "results"
     assert main(["eval", "--config", "monodetr_synthetic", "--checkpoint", str(checkpoint), "--json", str(metrics),
-                 *overrides]) == 0
+                 "--results-dir", str(results), *overrides]) == 0
     assert json.load(open(metrics))["Car_3d_moderate_R40"] == pytest.approx(record["test_Car_3d_moderate_R40"])
+    # One KITTI result file per validation image (ids 8..11), readable by the evaluation's reader.
+    assert sorted(p.name for p in results.iterdir()) == [f"{i:06d}.txt" for i in range(8, 12)]
+    annotations = read_kitti_result_dir(str(results), range(8, 12))
+    assert all(set(a["name"]) <= {"Car", "Pedestrian", "Cyclist"} for a in annotations)
 
 
 def test_mono3d_config_rejects_detection_keys():

@@ -199,11 +199,16 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True) -> dic
     return {"eval": last_eval, "minutes": (time.time() - started) / 60, "output_dir": output_dir}
 
 
-def evaluate_checkpoint(cfg: dict, checkpoint_path: str) -> dict:
-    """The task's metrics of a checkpoint (ours or official) on the config's validation split."""
+def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[str] = None) -> dict:
+    """The task's metrics of a checkpoint (ours or official) on the config's validation split;
+    for mono3d, ``results_dir`` also receives the KITTI result files."""
     device = resolve_device(cfg["device"])
     dist.init_distributed(device)
     task = get_task(cfg)
+    if results_dir is not None:
+        if cfg["task"] != "mono3d":
+            raise ValueError("results_dir (KITTI result files) is for mono3d configs")
+        task.results_dir = results_dir
     state = load_training_checkpoint(checkpoint_path)
     model, _ = task.build_model(cfg, load_pretrained=False)
     model.load_state_dict(state["model"] if "model" in state else state["model_state"])

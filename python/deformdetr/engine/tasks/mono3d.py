@@ -26,6 +26,10 @@ HEADLINE = ("Car_3d_moderate_R40", "Car_bev_moderate_R40")
 class Mono3DTask:
     name = "mono3d"
 
+    def __init__(self, results_dir: str = None):
+        #: When set, evaluation also writes KITTI result files (label_2 format with scores) here.
+        self.results_dir = results_dir
+
     def build_model(self, cfg: dict, load_pretrained: bool = True):
         from deformdetr.models.backbone import load_backbone_weights
         from deformdetr.models.mono.criterion import build_monodetr_criterion
@@ -82,7 +86,7 @@ class Mono3DTask:
     def evaluate(self, model, loader, dataset, device, autocast, topk: int = 50, threshold: float = 0.2) -> dict:
         """KITTI AP (strict overlaps) of the decoded detections against the split's label files."""
         from deformdetr.data.kitti_dataset import KITTI_CLASS_NAMES
-        from deformdetr.eval.kitti import evaluate_kitti, read_kitti_label_file
+        from deformdetr.eval.kitti import evaluate_kitti, read_kitti_label_file, write_kitti_result_file
         from deformdetr.models.mono.decode import decode
 
         model.eval()
@@ -103,6 +107,9 @@ class Mono3DTask:
         label_dir = os.path.join(dataset.data_dir, "label_2")
         gt = [read_kitti_label_file(os.path.join(label_dir, f"{i:06d}.txt")) for i in ids]
         dt = [_devkit_annotation(merged[i], KITTI_CLASS_NAMES) for i in ids]
+        if self.results_dir:
+            for image_id, annotation in zip(ids, dt):
+                write_kitti_result_file(os.path.join(self.results_dir, f"{image_id:06d}.txt"), annotation)
         flat = evaluate_kitti(gt, dt).to_flat_dict()
         return {**{k: flat[k] for k in HEADLINE if k in flat}, **flat}
 
