@@ -22,6 +22,7 @@ __all__ = [
     "KittiObject",
     "read_calib",
     "write_calib",
+    "parse_label_line",
     "read_labels",
     "write_labels",
     "kitti_level",
@@ -176,6 +177,17 @@ def kitti_level(box_height: float, truncation: float, occlusion: float, height_s
     return "UnKnown", 4
 
 
+def parse_label_line(line: str) -> tuple[str, list, Optional[float]]:
+    """A label_2 line -> (type, the 14 numbers from truncation to rotation_y, score or None): 15
+    fields in labels, 16 in detection results. The one parser of the format (training labels and
+    the evaluation both read through it)."""
+    parts = line.split()
+    if len(parts) not in (15, 16):
+        raise ValueError(f"expected 15 or 16 fields in a KITTI label line, got {len(parts)}: {line.strip()!r}")
+    values = [float(x) for x in parts[1:]]
+    return parts[0], values[:14], values[14] if len(values) == 15 else None
+
+
 @dataclass
 class KittiObject:
     """One line of a KITTI label file. ``occlusion``: 0 visible, 1 partly, 2 largely occluded, 3
@@ -199,12 +211,9 @@ class KittiObject:
 
     @classmethod
     def from_line(cls, line: str) -> "KittiObject":
-        parts = line.split()
-        if len(parts) not in (15, 16):
-            raise ValueError(f"a KITTI label line has 15 or 16 fields, got {len(parts)}: {line.strip()!r}")
-        v = [float(x) for x in parts[1:]]
-        return cls(type=parts[0], truncation=v[0], occlusion=v[1], alpha=v[2], box2d=v[3:7], h=v[7], w=v[8],
-                   l=v[9], location=v[10:13], ry=v[13], score=v[14] if len(v) == 15 else None)
+        name, v, score = parse_label_line(line)
+        return cls(type=name, truncation=v[0], occlusion=v[1], alpha=v[2], box2d=v[3:7], h=v[7], w=v[8],
+                   l=v[9], location=v[10:13], ry=v[13], score=score)
 
     def to_kitti_line(self, precision: int = 2) -> str:
         """The label line (KITTI writes 2 decimals; occlusion as an integer), with the score if set."""

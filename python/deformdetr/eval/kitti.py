@@ -48,6 +48,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from deformdetr.data.kitti import parse_label_line
+
 __all__ = [
     "CLASS_NAMES",
     "DIFFICULTIES",
@@ -721,16 +723,16 @@ def read_kitti_label_file(path) -> dict:
     rows = []
     with open(path) as f:
         for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
+            if not line.strip():
                 continue
-            if len(fields) not in (15, 16):
-                raise ValueError(f"{path}:{number}: expected 15 or 16 fields, got {len(fields)}")
-            rows.append(fields)
+            try:
+                rows.append(parse_label_line(line))
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: {error}") from None
     anno = empty_annotation()
     if not rows:
         return anno
-    values = np.array([[float(x) for x in r[1:15]] for r in rows]).reshape(-1, 14)
+    values = np.array([r[1] for r in rows], dtype=np.float64).reshape(-1, 14)
     anno["name"] = np.array([r[0] for r in rows])
     anno["truncated"] = values[:, 0]
     anno["occluded"] = values[:, 1].astype(np.int64)
@@ -739,8 +741,9 @@ def read_kitti_label_file(path) -> dict:
     anno["dimensions"] = values[:, 7:10][:, [2, 0, 1]]  # h w l -> l h w
     anno["location"] = values[:, 10:13]
     anno["rotation_y"] = values[:, 13]
-    if len(rows[0]) == 16:
-        anno["score"] = np.array([float(r[15]) for r in rows])
+    # As the devkit: the first line decides whether the file carries scores (else all 0).
+    if rows[0][2] is not None:
+        anno["score"] = np.array([r[2] for r in rows], dtype=np.float64)
     else:
         anno["score"] = np.zeros(len(rows))
     return anno
