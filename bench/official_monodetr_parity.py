@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+# The same perturbation of random weights as the Deformable DETR harness beside this file.
+from official_parity import perturb_  # noqa: E402
+
 HERE = None  # a temporary folder for the checkpoint, made in main()
 OFFICIAL = os.environ.get("DEFORMDETR_OFFICIAL_MONODETR", "")
 
@@ -70,16 +73,6 @@ def import_official():
     torch.Tensor.cuda = lambda self, *a, **k: self
     from lib.models.monodetr import build_monodetr
     return build_monodetr, om
-
-
-def perturb_(model, gen):
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if not t.is_floating_point():
-                continue
-            t.add_(0.02 * torch.randn(t.shape, generator=gen, dtype=t.dtype))
-            if name.endswith("running_var"):
-                t.abs_().clamp_(min=1e-3)
 
 
 def no_dropout_(model):
