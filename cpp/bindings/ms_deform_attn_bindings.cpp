@@ -83,6 +83,14 @@ AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
             << " (the sum of H*W of the levels before it), got " << starts[l];
         fail_value(out.str());
       }
+      // Compared by division: H * W itself may overflow (H = W = 2^32 multiplies to 0).
+      if (w > (d.value_len - offset) / h) {
+        std::ostringstream out;
+        out << "spatial_shapes[" << l << "] = (" << h << ", " << w
+            << ") reaches past the end of value: the levels' H*W add up to more than its length S = "
+            << d.value_len;
+        fail_value(out.str());
+      }
       offset += h * w;
     }
     if (offset != d.value_len) {

@@ -269,6 +269,7 @@ void backward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const in
   const int64_t D = dims.channels;
   const int threads = num_threads > 0 ? num_threads : hardware_threads();
   const int64_t pairs = N * M;
+  if (pairs == 0) return;  // every gradient is empty
   const bool head_major = Q * dims.levels * dims.points * 4 >= S;
   if (!head_major) {
     parallel_for(N * S * M * D, 1 << 16, threads, [&](int64_t begin, int64_t end) {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,7 @@ def _ms_deform_attn_backward_op(
     grad_output = grad_output.reshape(
         value.shape[0], sampling_locations.shape[1], value.shape[2], value.shape[3]
     ).contiguous()
+    _alert_if_nondeterministic(value.device)
     # 16-bit gradients of value are summed in float32 by the CUDA kernel, then rounded once.
     accum_dtype = torch.float32 if value.dtype in _16_BIT else value.dtype
     grad_value = torch.empty(value.shape, dtype=accum_dtype, device=value.device)
@@ -94,6 +96,24 @@ def _ms_deform_attn_backward_op(
         grad_output, grad_value, grad_locations, grad_weights, num_threads(), cuda_stream_of(value),
     )
     return grad_value.to(value.dtype), grad_locations, grad_weights
+
+
+def _alert_if_nondeterministic(device: torch.device) -> None:
+    """Honours torch.use_deterministic_algorithms as torch's own grid_sample backward does: on
+    CUDA the gradient of value is summed with atomic adds, in no fixed order. (The CPU backward
+    is deterministic: each thread owns the rows it writes.)"""
+    if device.type != "cuda" or not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (
+        "deformdetr::ms_deform_attn_backward on CUDA sums the gradient of value with atomic "
+        "adds, so its result can differ in the last bits from run to run; it has no "
+        "deterministic implementation. Call torch.use_deterministic_algorithms(True, "
+        "warn_only=True) to run it anyway with a warning."
+    )
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=3)
+    else:
+        raise RuntimeError(message)
 
 
 @_ms_deform_attn_backward_op.register_fake
