@@ -98,9 +98,10 @@ __device__ __forceinline__ Corners<A> bilinear_corners(A loc_x, A loc_y, int64_t
 
 // A level whose (start, H, W) would reach outside value is skipped rather than read out of
 // bounds: the host cannot check device-side spatial shapes without a synchronisation.
+// Written so that no product can overflow: H = W = 2^32 must not pass as H * W = 0.
 __device__ __forceinline__ bool level_in_bounds(int64_t start, int64_t h, int64_t w,
                                                 int64_t value_len) {
-  return h > 0 && w > 0 && start >= 0 && start + h * w <= value_len;
+  return h > 0 && w > 0 && start >= 0 && start <= value_len && w <= (value_len - start) / h;
 }
 
 template <typename T>
@@ -215,12 +216,13 @@ __global__ void backward_kernel(MsDeformAttnDims dims, const T* __restrict__ val
   }
 }
 
-void check_launch(const char* what) {
-  cudaError_t err = cudaGetLastError();
+void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("deformdetr: CUDA ") + what +
                              " failed: " + cudaGetErrorString(err));
 }
+
+void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 // Enough blocks to fill any current GPU many times over; larger problems grid-stride.
 constexpr int64_t kMaxBlocks = 1 << 20;
@@ -234,13 +236,14 @@ int64_t num_blocks(const MsDeformAttnDims& d) {
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
-    cudaGetDevice(&previous_);
-    if (previous_ != device) cudaSetDevice(device);
+    check(cudaGetDevice(&previous_), "query of the current device");
+    if (previous_ != device) check(cudaSetDevice(device), "selection of the tensors' device");
   }
+  // A destructor must not throw; restoring a device that was current a moment ago cannot fail
+  // short of a broken context, which the next CUDA call reports anyway.
   ~DeviceGuard() {
     int current = previous_;
-    cudaGetDevice(&current);
-    if (current != previous_) cudaSetDevice(previous_);
+    if (cudaGetDevice(&current) == cudaSuccess && current != previous_) cudaSetDevice(previous_);
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
@@ -266,8 +269,12 @@ void launch_backward(const MsDeformAttnDims& d, const void* value, const int64_t
                      const int64_t* starts, const void* loc, const void* attw, const void* go,
                      void* grad_value, void* grad_loc, void* grad_w, cudaStream_t stream) {
   using A = typename Accum<T>::type;
-  cudaMemsetAsync(grad_value, 0, sizeof(A) * d.batch * d.value_len * d.heads * d.channels, stream);
-  check_launch("memset of grad_value");
+  // An empty grad_value may have no storage at all: nothing to clear, no null pointer to pass.
+  const size_t bytes = sizeof(A) * d.batch * d.value_len * d.heads * d.channels;
+  if (bytes > 0) {
+    cudaMemsetAsync(grad_value, 0, bytes, stream);
+    check_launch("memset of grad_value");
+  }
   const int64_t blocks = num_blocks(d);
   if (blocks == 0) return;
   backward_kernel<T><<<(unsigned)blocks, kWarp * kWarpsPerBlock, 0, stream>>>(
