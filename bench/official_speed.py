@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Whole-model speed against the official Deformable DETR, side by side in one process.
+
+Builds one official variant (fundamentalvision/Deformable-DETR; on the CPU its attention runs
+through its pure-PyTorch path, as it must without its CUDA extension), saves it as an official
+checkpoint, loads that into deformdetr with ``load_checkpoint`` and times both models on the same
+batch: inference (eval mode, no grad) and a training step (forward + backward of the summed
+outputs). The outputs are compared first, so both sides compute the same thing.
+
+Needs the official checkout and torchvision, as bench/official_parity.py does (see its docstring):
+
+  python bench/official_speed.py --official /tmp/parity/official --size 800x1066 --threads 2
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import official_parity  # noqa: E402  (the same official-code import and weight perturbation)
+
+
+def parse_size(text):
+    height, width = (int(v) for v in text.lower().split("x"))
+    return height, width
+
+
+def timed(run, repeat):
+    """Median seconds over `repeat` calls, after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def summed_outputs(out):
+    return out["pred_logits"].sum() + out["pred_boxes"].sum()
+
+
+def training_step(model, call):
+    def run():
+        model.zero_grad(set_to_none=True)
+        summed_outputs(call()).backward()
+
+    return run
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--official", default=os.environ.get("DEFORMDETR_OFFICIAL", ""))
+    ap.add_argument("--variant", default="multi_scale", choices=sorted(official_parity.VARIANTS))
+    ap.add_argument("--size", default="800x1066", help="image height x width (default 800x1066)")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--no-train", action="store_true", help="time inference only")
+    opt = ap.parse_args()
+    official_dir = os.path.abspath(opt.official) if opt.official else ""
+    if not os.path.isfile(os.path.join(official_dir, "models", "deformable_detr.py")):
+        ap.error("--official must point at a checkout of fundamentalvision/Deformable-DETR")
+    official_parity.OFFICIAL = official_dir
+    torch.set_num_threads(opt.threads)
+
+    odd, omisc = official_parity.import_official()
+    from deformdetr.models import load_checkpoint
+
+    args = official_parity.official_args(opt.variant)
+    torch.manual_seed(0)
+    official, _, _ = odd.build(args)
+    official_parity.perturb_(official, torch.Generator().manual_seed(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "checkpoint.pth")
+        torch.save({"model": official.state_dict(), "args": args}, path)
+        ours = load_checkpoint(path)
+
+    height, width = parse_size(opt.size)
+    images = torch.randn(opt.batch, 3, height, width, generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(opt.batch, height, width, dtype=torch.bool)
+    samples = omisc.NestedTensor(images, mask)
+    run_official = lambda: official(samples)  # noqa: E731
+    run_ours = lambda: ours(images, mask)  # noqa: E731
+
+    official.eval()
+    ours.eval()
+    with torch.no_grad():
+        out_o, out_u = run_official(), run_ours()
+    diff = max((out_o[k] - out_u[k]).abs().max().item() for k in ("pred_logits", "pred_boxes"))
+    print(f"{opt.variant}, batch {opt.batch} of {height}x{width}, {opt.threads} threads, "
+          f"torch {torch.__version__}; max |official - ours| of the outputs: {diff:.2e}")
+
+    rows = []
+    with torch.no_grad():
+        rows.append(("inference", timed(run_official, opt.repeat), timed(run_ours, opt.repeat)))
+    if not opt.no_train:
+        # Train mode with dropout off on both sides: the same work, without random masks.
+        for model in (official, ours):
+            model.train()
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        rows.append((
+            "training step (fwd+bwd)",
+            timed(training_step(official, run_official), opt.repeat),
+            timed(training_step(ours, run_ours), opt.repeat),
+        ))
+
+    print(f"| {'':24s} | official s | deformdetr s | speed-up |")
+    print("|---|---|---|---|")
+    for name, t_official, t_ours in rows:
+        print(f"| {name:24s} | {t_official:10.2f} | {t_ours:12.2f} | {t_official / t_ours:7.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
