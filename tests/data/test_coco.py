@@ -1,5 +1,7 @@
 """CocoDetection: the official target conversion (crowd and empty boxes dropped, clamping, the
-target format), errors for missing/corrupt files, skipping them on request, and build_coco."""
+target format), errors for missing/corrupt files, skipping them on request, and build_coco;
+load_image's decoding of high bit depths and its size limit; errors and warnings that name
+unusable annotation files."""
 
 from __future__ import annotations
 
@@ -130,6 +132,7 @@ def test_corrupt_image_raises_error_naming_the_file(dataset_files):
     assert isinstance(info.value, OSError) and info.value.path.endswith("b.png")
 
 
+@pytest.mark.filterwarnings("ignore:.*0 usable boxes")
 def test_truncated_jpeg_raises_error_naming_the_file(tmp_path):
     folder, ann_file = write_coco(tmp_path, [(1, "t.jpg", None)], [])
     noise = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
@@ -140,6 +143,7 @@ def test_truncated_jpeg_raises_error_naming_the_file(tmp_path):
         CocoDetection(folder, ann_file)[0]
 
 
+@pytest.mark.filterwarnings("ignore:.*0 usable boxes")
 def test_missing_image_raises_error_naming_the_file(tmp_path):
     folder, ann_file = write_coco(tmp_path, [(1, "gone.jpg", None)], [])
     with pytest.raises(ImageLoadError, match="gone.jpg.*not found"):
@@ -161,6 +165,7 @@ def test_skip_corrupt_warns_and_returns_the_next_valid_sample(dataset_files):
         assert dataset[2][1]["image_id"].tolist() == [1]
 
 
+@pytest.mark.filterwarnings("ignore:.*0 usable boxes")
 def test_skip_corrupt_with_no_valid_image_raises(tmp_path):
     folder, ann_file = write_coco(tmp_path, [(1, "x.jpg", None)], [])
     with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="no readable image"):
@@ -188,3 +193,113 @@ def test_build_coco_end_to_end_on_synthetic_data(tmp_path):
         build_coco(tmp_path, "test")
     with pytest.raises(FileNotFoundError, match="COCO root"):
         build_coco(tmp_path / "missing", "train")
+
+
+# ---- image decoding: bit depths and size -----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, suffix", [("I;16", ".png"), ("I;16B", ".tif"), ("I", ".tif")])
+def test_high_bit_depth_images_are_scaled_not_saturated(tmp_path, mode, suffix):
+    from deformdetr.data.coco import load_image
+
+    gradient = np.tile(np.arange(0, 65536, 256, dtype=np.uint16), (4, 1))  # 0 .. 65280 along x
+    dtype = {"I;16": np.uint16, "I;16B": ">u2", "I": np.int32}[mode]
+    path = tmp_path / f"gradient{suffix}"
+    Image.fromarray(gradient.astype(dtype)).save(path)
+    assert Image.open(path).mode == mode
+    rgb = np.asarray(load_image(str(path)))
+    assert rgb.dtype == np.uint8 and rgb.shape == (4, 256, 3)
+    row = rgb[0, :, 0].astype(int)
+    assert (np.diff(row) >= 0).all() and row[0] == 0 and row[-1] == 255  # ordered, full range
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == (gradient >> 8)).all()
+
+
+@pytest.mark.parametrize("values, expected_last", [(np.linspace(0, 1, 64), 255),  # [0, 1]: x 255
+                                                   (np.linspace(0, 200, 64), 200),  # [0, 255]: kept
+                                                   (np.linspace(-5, 3000, 64), 255)])  # stretched
+def test_float_images_are_scaled_sensibly(tmp_path, values, expected_last):
+    from deformdetr.data.coco import load_image
+
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.tile(values.astype(np.float32), (2, 1))).save(path)
+    assert Image.open(path).mode == "F"
+    row = np.asarray(load_image(str(path)))[0, :, 0].astype(int)
+    assert (np.diff(row) >= 0).all() and row[0] == 0 and row[-1] == expected_last
+
+
+def test_too_large_image_raises_image_load_error_saying_how_to_allow_it(tmp_path, monkeypatch):
+    from deformdetr.data.coco import load_image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1200 pixels > 2 x 100: PIL's bomb error
+    with pytest.raises(ImageLoadError, match=r"big.png.*too large.*MAX_IMAGE_PIXELS") as info:
+        load_image(str(path))
+    assert info.value.path == str(path)
+
+
+# ---- annotation files ------------------------------------------------------------------------
+
+
+def test_corrupt_annotation_json_names_the_file(tmp_path, dataset_files):
+    from deformdetr.data.coco import AnnotationFileError
+
+    folder, _ = dataset_files
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [')
+    with pytest.raises(AnnotationFileError, match=r"broken.json.*not valid JSON") as info:
+        CocoDetection(folder, broken)
+    assert isinstance(info.value, ValueError) and info.value.path == str(broken)
+
+
+@pytest.mark.parametrize("content, message", [
+    ([], "expected a JSON object"),
+    ({"images": {}}, "'images' must be a list"),
+    ({"images": [{"id": 1}]}, r"images\[0\] lacks 'file_name'"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1}]},
+     r"annotations\[0\] lacks 'bbox'"),
+    ({"images": [{"id": 1, "file_name": "a.png"}],
+      "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}]}, "bbox must be 4 numbers"),
+])
+def test_annotation_file_without_the_coco_layout_names_file_and_entry(tmp_path, dataset_files, content, message):
+    from deformdetr.data.coco import AnnotationFileError
+
+    folder, _ = dataset_files
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(AnnotationFileError, match=f"odd.json.*{message}"):
+        CocoDetection(folder, path)
+
+
+@pytest.mark.parametrize("content", [{"images": [], "annotations": [], "categories": []}, {"categories": []}])
+def test_annotation_file_without_images_is_an_error_naming_it(tmp_path, dataset_files, content):
+    from deformdetr.data.coco import AnnotationFileError
+
+    folder, _ = dataset_files
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(AnnotationFileError, match="empty.json.*no images"):
+        CocoDetection(folder, path)
+
+
+@pytest.mark.parametrize("annotations", [
+    [],  # no annotations at all
+    [ann(1, [5, 5, 0, 4]), ann(2, [1, 1, 3, 0]), ann(2, [50, 5, 4, 4]), ann(3, [0, 0, 9, 9], iscrowd=1)],
+])
+def test_annotation_file_without_usable_boxes_warns_once_with_counts(tmp_path, annotations):
+    images = [(1, "a.png", (40, 30)), (2, "b.png", (40, 30)), (3, "c.png", (40, 30))]
+    folder, ann_file = write_coco(tmp_path, images, annotations)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = CocoDetection(folder, ann_file)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert "ann.json" in messages[0] and f"0 usable boxes among {len(annotations)} annotations of 3 images" \
+        in messages[0]
+    assert len(dataset) == 3  # still usable (e.g. to look at the images)
+
+
+def test_annotation_file_with_a_usable_box_does_not_warn(dataset_files):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CocoDetection(*dataset_files)
