@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -12,45 +13,109 @@ from tqdm import tqdm
 from deformdetr.engine.visualize import draw_detections
 from deformdetr.models.postprocess import PostProcess
 
-__all__ = ["predict_images"]
+__all__ = ["Predictions", "drawing_names", "predict_images"]
+
+PREDICTIONS_NAME = "predictions.json"
+SKIPPED_NAME = "skipped.json"
+
+
+class Predictions(list):
+    """The JSON records of the images that were read, in input order; ``skipped`` lists the
+    images that could not be read, as ``{"image": path, "error": message}``."""
+
+    def __init__(self, records=(), skipped=()):
+        super().__init__(records)
+        self.skipped = list(skipped)
+
+
+def _same_file_key(path: str) -> str:
+    """Two spellings of one file (relative, via a symlink, other case on Windows) get one key."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def drawing_names(image_paths: Sequence[str], output_dir: str) -> list[str]:
+    """The PNG file name in ``output_dir`` of each input's drawing: ``<stem>.png``, or
+    ``<stem>_1.png``, ``<stem>_2.png``... (the first free one, in input order) when that name is
+    already given to an earlier input (a/x.png and b/x.png, x.jpg and x.png) or is one of the input
+    images itself (``output_dir`` holding the inputs), so that no drawing overwrites an input
+    image or another drawing."""
+    taken = {_same_file_key(path) for path in image_paths}
+    names = []
+    for path in image_paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, suffix = f"{stem}.png", 0
+        while _same_file_key(os.path.join(output_dir, name)) in taken:
+            suffix += 1
+            name = f"{stem}_{suffix}.png"
+        taken.add(_same_file_key(os.path.join(output_dir, name)))
+        names.append(name)
+    return names
+
+
+def _detections(result: dict, threshold: float, class_names: Optional[Mapping[int, str]]) -> tuple:
+    """(boxes, labels, scores, JSON detections) of one post-processed result, above ``threshold``."""
+    keep = result["scores"] >= threshold
+    boxes = result["boxes"][keep].cpu().tolist()
+    labels = result["labels"][keep].cpu().tolist()
+    scores = result["scores"][keep].cpu().tolist()
+    detections = [
+        {"label": int(l), "name": (class_names or {}).get(int(l), str(int(l))), "score": float(s),
+         "box_xyxy": [float(v) for v in b]}
+        for b, l, s in zip(boxes, labels, scores)
+    ]
+    return boxes, labels, scores, detections
+
+
+def _write_json(path: str, value) -> None:
+    with open(path, "w") as handle:
+        json.dump(value, handle, indent=1)
 
 
 @torch.no_grad()
 def predict_images(model, image_paths: Sequence[str], output_dir: str, transform, device,
                    threshold: float = 0.5, class_names: Optional[Mapping[int, str]] = None,
-                   draw: bool = True) -> list[dict]:
+                   draw: bool = True) -> Predictions:
     """Runs ``model`` on each image (after ``transform``, the evaluation transform); keeps
     detections scoring at least ``threshold``; writes output_dir/predictions.json and, with
-    ``draw``, output_dir/<image name>.png. Returns the JSON records."""
-    from deformdetr.data.coco import load_image
+    ``draw``, one PNG per image named by :func:`drawing_names` (``<stem>.png``, suffixed ``_1``,
+    ``_2``... where names collide or would overwrite an input image). Returns the JSON records.
+
+    An image that cannot be read is skipped with a warning naming it; the skipped images are
+    listed in output_dir/skipped.json (written only when there are some) and in the result's
+    ``skipped``. Only when none of the images can be read is that an error (ValueError)."""
+    from deformdetr.data.coco import ImageLoadError, load_image
 
     os.makedirs(output_dir, exist_ok=True)
     model.eval().to(device)
     postprocess = PostProcess()
-    records = []
-    for path in tqdm(image_paths, desc="predict", leave=False):
-        image = load_image(path)
+    names = drawing_names(image_paths, output_dir)
+    predictions = Predictions()
+    for path, name in zip(tqdm(image_paths, desc="predict", leave=False), names):
+        try:
+            image = load_image(path)
+        except ImageLoadError as error:
+            warnings.warn(f"predict: skipping {error}", RuntimeWarning)
+            predictions.skipped.append({"image": os.path.abspath(path), "error": str(error)})
+            continue
         tensor, _ = transform(image, None)
         outputs = model(tensor.unsqueeze(0).to(device))
         size = torch.tensor([[image.height, image.width]], device=device)
-        result = postprocess(outputs, size)[0]
-        keep = result["scores"] >= threshold
-        boxes = result["boxes"][keep].cpu().tolist()
-        labels = result["labels"][keep].cpu().tolist()
-        scores = result["scores"][keep].cpu().tolist()
-        detections = [
-            {"label": int(l), "name": (class_names or {}).get(int(l), str(int(l))), "score": float(s),
-             "box_xyxy": [float(v) for v in b]}
-            for b, l, s in zip(boxes, labels, scores)
-        ]
+        boxes, labels, scores, detections = _detections(postprocess(outputs, size)[0], threshold, class_names)
         record = {"image": os.path.abspath(path), "width": image.width, "height": image.height,
                   "detections": detections}
         if draw:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            png = os.path.join(output_dir, f"{stem}.png")
+            png = os.path.join(output_dir, name)
             draw_detections(image, boxes, labels, scores, class_names).save(png)
             record["png"] = png
-        records.append(record)
-    with open(os.path.join(output_dir, "predictions.json"), "w") as handle:
-        json.dump(records, handle, indent=1)
-    return records
+        predictions.append(record)
+    if image_paths and not predictions:
+        reasons = "; ".join(s["error"] for s in predictions.skipped[:3])
+        raise ValueError(f"none of the {len(image_paths)} images could be read ({reasons}"
+                         f"{'; ...' if len(predictions.skipped) > 3 else ''})")
+    _write_json(os.path.join(output_dir, PREDICTIONS_NAME), list(predictions))
+    skipped_file = os.path.join(output_dir, SKIPPED_NAME)
+    if predictions.skipped:
+        _write_json(skipped_file, predictions.skipped)
+    elif os.path.exists(skipped_file):
+        os.remove(skipped_file)  # an earlier run's list would describe images this run read
+    return predictions
