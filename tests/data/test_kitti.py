@@ -130,3 +130,30 @@ def test_corners_and_centre():
     assert np.allclose(corners[4:, 1], 1.65 - 1.5)
     assert np.linalg.norm(corners[0] - corners[1]) == pytest.approx(1.6)  # width along z (ry = 0)
     assert np.linalg.norm(corners[1] - corners[2]) == pytest.approx(3.9)
+
+
+@pytest.mark.parametrize("second_line, message", [
+    ("Car 0.00 0 -1.57 x 181.21 140.61 261.37 1.41 1.58 4.36 -16.73 2.35 26.91 -2.15", "could not convert"),
+    ("Car 0.00 0", "expected 15 or 16 fields"),
+])
+def test_malformed_label_line_names_file_and_line(tmp_path, second_line, message):
+    path = tmp_path / "000007.txt"
+    path.write_text(LABEL_TEXT.splitlines()[0] + "\n\n" + second_line + "\n")
+    with pytest.raises(ValueError, match=rf"000007.txt' line 3: {message}"):
+        read_labels(path)
+
+
+def test_label_or_calib_bytes_that_are_not_text_name_file_and_line(tmp_path):
+    path = tmp_path / "000008.txt"
+    path.write_bytes(LABEL_TEXT.splitlines()[0].encode() + b"\nCar 0.00 0 \xff\xfe\n")
+    with pytest.raises(ValueError, match=r"000008.txt' line 2: not UTF-8 text"):
+        read_labels(path)
+    with pytest.raises(ValueError, match=r"000008.txt' line 2: not UTF-8 text"):
+        read_calib(path)
+
+
+def test_calib_with_bad_numbers_names_file_and_line(tmp_path):
+    path = tmp_path / "000009.txt"
+    path.write_text(CALIB_TEXT.replace("R0_rect: 9.999128e-01", "R0_rect: nine"))
+    with pytest.raises(ValueError, match=r"000009.txt' line 5: bad numbers for 'R0_rect'"):
+        read_calib(path)

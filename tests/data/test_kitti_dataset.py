@@ -282,3 +282,21 @@ def test_collate(tmp_path):
     assert len(targets) == 2 and [i["img_id"] for i in infos] == [0, 1]
     with pytest.raises(ValueError):
         mono_collate_fn([])
+
+
+def test_split_file_with_a_line_that_is_not_an_index_names_file_and_line(tmp_path):
+    root = make_kitti(tmp_path)
+    (root / "ImageSets" / "val.txt").write_text("000000\n\n0000x1\n")
+    with pytest.raises(ValueError, match=r"val.txt' line 3: expected an image index.*'0000x1'"):
+        KittiMono3D(root, "val")
+
+
+def test_malformed_label_line_in_the_data_set_names_file_and_line(tmp_path):
+    root = make_kitti(tmp_path)
+    label = root / "training" / "label_2" / "000001.txt"
+    label.write_text(label.read_text() + "Car 0.00 0 -1.57 1 2\n")
+    ds = dataset(root)
+    ds[0]  # the other image is unaffected
+    lines = len(label.read_text().splitlines())
+    with pytest.raises(ValueError, match=rf"000001.txt' line {lines}: expected 15 or 16 fields"):
+        ds[1]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -25,6 +25,7 @@ __all__ = [
     "parse_label_line",
     "read_labels",
     "write_labels",
+    "numbered_lines",
     "kitti_level",
     "wrap_angle",
 ]
@@ -130,22 +131,35 @@ class Calibration:
         return f"Calibration(P2={self.P2.tolist()})"
 
 
+def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number from 1, text) of a text file. Each line is decoded on its own, so that bytes
+    that are not UTF-8 raise a ValueError naming the file and the line (decoding the whole file
+    as text reports neither: it fails in a read-ahead buffer)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path!r} line {number}: not UTF-8 text ({error.reason} at byte "
+                                 f"{error.start}: {raw[error.start:error.start + 1]!r})") from None
+
+
 def read_calib(path: PathLike) -> Calibration:
     """A KITTI calib file -> :class:`Calibration`. Matrices are found by their names (``P2:``,
-    ``R0_rect:``, ``Tr_velo_to_cam:``); a file without a 12-number P2 raises ValueError naming it."""
+    ``R0_rect:``, ``Tr_velo_to_cam:``); a file without a 12-number P2, or with a line that is not
+    numbers or not text, raises ValueError naming it (and the line)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"calibration file {path!r} not found")
     matrices = {}
-    with open(path) as handle:
-        for line in handle:
-            if ":" not in line:
-                continue
-            name, values = line.split(":", 1)
-            try:
-                matrices[name.strip()] = np.array(values.split(), dtype=np.float32)
-            except ValueError as error:
-                raise ValueError(f"{path!r}: bad numbers for {name.strip()!r} ({error})") from None
+    for number, line in numbered_lines(path):
+        if ":" not in line:
+            continue
+        name, values = line.split(":", 1)
+        try:
+            matrices[name.strip()] = np.array(values.split(), dtype=np.float32)
+        except ValueError as error:
+            raise ValueError(f"{path!r} line {number}: bad numbers for {name.strip()!r} ({error})") from None
     p2 = matrices.get("P2")
     if p2 is None or p2.size != 12:
         raise ValueError(f"{path!r}: no 3x4 'P2:' matrix")
@@ -260,14 +274,13 @@ def read_labels(path: PathLike) -> list[KittiObject]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"label file {path!r} not found")
     objects = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                objects.append(KittiObject.from_line(line))
-            except ValueError as error:
-                raise ValueError(f"{path!r} line {number}: {error}") from None
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            objects.append(KittiObject.from_line(line))
+        except ValueError as error:
+            raise ValueError(f"{path!r} line {number}: {error}") from None
     return objects
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from deformdetr.data.coco import load_image
-from deformdetr.data.kitti import Calibration, KittiObject, read_calib, read_labels
+from deformdetr.data.kitti import Calibration, KittiObject, numbered_lines, read_calib, read_labels
 from deformdetr.data.kitti_transforms import (
     affine_image,
     affine_transform,
@@ -36,7 +36,8 @@ from deformdetr.data.kitti_transforms import (
 )
 from deformdetr.models.mono.decode import KITTI_CLS_MEAN_SIZE, angle2class
 
-__all__ = ["KittiMono3D", "mono_collate_fn", "KITTI_CLASS_NAMES", "KITTI_CLS2ID", "KITTI_MEAN", "KITTI_STD"]
+__all__ = ["KittiMono3D", "mono_collate_fn", "read_split_file", "KITTI_CLASS_NAMES", "KITTI_CLS2ID", "KITTI_MEAN",
+           "KITTI_STD"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,6 +60,21 @@ _TARGET_KEYS = {  # key: (per-object shape, dtype)
     "heading_res": ((1,), torch.float32),
     "calibs": ((3, 4), torch.float32),
 }
+
+
+def read_split_file(path: str) -> list[str]:
+    """The image indices ("000123") of an ImageSets file, blank lines skipped. A line that is not
+    an index raises ValueError naming the file and the line now, not when the item is first read
+    (possibly in a data loader worker, as a bare ``int()`` error)."""
+    indices = []
+    for number, line in numbered_lines(path):
+        text = line.strip()
+        if not text:
+            continue
+        if not (text.isascii() and text.isdigit()):
+            raise ValueError(f"{path!r} line {number}: expected an image index such as '000123', got {text!r}")
+        indices.append(text)
+    return indices
 
 
 class KittiMono3D(Dataset):
@@ -132,8 +148,7 @@ class KittiMono3D(Dataset):
         split_file = os.path.join(self.root, "ImageSets", split + ".txt")
         if not os.path.isfile(split_file):
             raise FileNotFoundError(f"split file {split_file!r} not found")
-        with open(split_file) as handle:
-            self.idx_list = [line.strip() for line in handle if line.strip()]
+        self.idx_list = read_split_file(split_file)
         self.data_dir = os.path.join(self.root, "testing" if split == "test" else "training")
         self.image_dir = os.path.join(self.data_dir, "image_2")
         self.label_dir = os.path.join(self.data_dir, "label_2")
