@@ -8,7 +8,7 @@ from typing import Mapping, Optional, Sequence
 
 from PIL import Image, ImageDraw
 
-__all__ = ["draw_detections", "plot_log"]
+__all__ = ["draw_detections", "log_figure", "plot_log"]
 
 _MIN_SIDE = 256
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -36,28 +36,63 @@ def draw_detections(image: Image.Image, boxes: Sequence[Sequence[float]], labels
     return canvas
 
 
+#: The validation panel per task: the curves ((log key, legend), ...; the first key that the log
+#: holds decides), the axis label and range. Detection logs COCO AP as fractions, mono3d KITTI AP
+#: in % (its headline metrics, engine/tasks/mono3d.py).
+_METRIC_PANELS = (
+    ((("test_AP", "AP"), ("test_AP50", "AP50"), ("test_AP75", "AP75")), "COCO box AP", (0, 1)),
+    ((("test_Car_3d_moderate_R40", "Car 3D"), ("test_Car_bev_moderate_R40", "Car BEV")),
+     "KITTI AP R40, moderate (%)", (0, 100)),
+)
+
+
+def _metric_panel(records: list[dict]):
+    """(curves, label, range) of the first panel whose first key some record holds, or None."""
+    for curves, label, limits in _METRIC_PANELS:
+        if any(curves[0][0] in r for r in records):
+            return curves, label, limits
+    return None
+
+
 def plot_log(log_path: str, png_path: str) -> Optional[str]:
-    """Training loss and validation AP per epoch from the trainer's log, as a PNG."""
+    """Training loss and the validation metrics per epoch from the trainer's log, as a PNG (see
+    :func:`log_figure`); None when there is no log or it is empty."""
     if not os.path.exists(log_path):
         return None
     records = [json.loads(line) for line in open(log_path) if line.strip()]
     if not records:
         return None
+    figure = log_figure(records)  # first: it selects the file-only backend before pyplot loads
+    import matplotlib.pyplot as plt
+
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
+    return png_path
+
+
+def log_figure(records: list[dict]):
+    """A matplotlib figure of the log records: the training loss (left) and the validation
+    metrics (right): COCO box AP for detection, KITTI Car AP R40 (3D and BEV, moderate) for mono3d."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in records]
     loss_axis.plot(epochs, [r.get("train_loss") for r in records], marker="o")
     loss_axis.set(title="training loss", xlabel="epoch", ylabel="weighted loss")
-    evaluated = [r for r in records if "test_AP" in r]
-    for key in ("test_AP", "test_AP50", "test_AP75"):
-        ap_axis.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", label=key[5:])
-    ap_axis.set(title="validation", xlabel="epoch", ylabel="COCO box AP", ylim=(0, 1))
-    ap_axis.legend()
+    panel = _metric_panel(records)
+    if panel is None:
+        metric_axis.set(title="validation", xlabel="epoch")
+        metric_axis.text(0.5, 0.5, "no evaluation in the log", ha="center", va="center",
+                         transform=metric_axis.transAxes)
+    else:
+        curves, label, limits = panel
+        for key, legend in curves:
+            evaluated = [r for r in records if key in r]
+            metric_axis.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", label=legend)
+        metric_axis.set(title="validation", xlabel="epoch", ylabel=label, ylim=limits)
+        metric_axis.legend()
     figure.tight_layout()
-    figure.savefig(png_path, dpi=100)
-    plt.close(figure)
-    return png_path
+    return figure
