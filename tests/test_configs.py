@@ -59,6 +59,17 @@ def test_overrides_are_typed_by_the_schema():
         ("model.variant=three_stage", "model.variant must be one of"),
         ("train.epochs=0", "positive integer"),
         ("lr", "section.key=value"),
+        ("train.eval_every=0", "train.eval_every must be a positive integer"),
+        ("data.num_workers=-1", "data.num_workers must be 0"),
+        ("train.max_minutes=abc", "'train.max_minutes' must be a number"),
+        ("train.max_minutes=-1", "train.max_minutes must be 0 or more"),
+        ("model.dilation=maybe", "'model.dilation' must be true or false"),
+        ("model.two_stage=1", "'model.two_stage' must be true or false"),
+        ("train.lr=true", "'train.lr' must be a number"),
+        ("model.num_queries=1.5", "'model.num_queries' must be a whole number"),
+        ("device=gpu", "device must be auto, cpu, cuda or cuda:N"),
+        ("train.scales=[1,", "unknown config key|not a YAML value"),
+        ("data.scales=[1,", "not a YAML value"),
     ],
 )
 def test_bad_overrides_raise_config_errors(override, match):
@@ -75,3 +86,27 @@ def test_yaml_files_and_bases(tmp_path):
     loop.write_text(f"base: {loop}\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(str(loop))
+
+
+def test_nullable_keys_take_values_of_their_type():
+    cfg = load_config("demo_synthetic", ["model.num_feature_levels=2.0", "train.max_minutes=3",
+                                         "model.dilation=true", "model.pretrained_backbone=/w.pth"])
+    assert cfg["model"]["num_feature_levels"] == 2 and isinstance(cfg["model"]["num_feature_levels"], int)
+    assert cfg["train"]["max_minutes"] == 3.0 and cfg["model"]["dilation"] is True
+    assert cfg["model"]["pretrained_backbone"] == "/w.pth"
+
+
+def test_a_relative_base_is_found_beside_the_file(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "common.yaml").write_text("base: demo_synthetic\ntrain:\n  epochs: 7\n")
+    (tmp_path / "configs" / "run.yaml").write_text("base: common.yaml\ntrain:\n  lr: 1.0e-3\n")
+    monkeypatch.chdir(tmp_path)  # the working folder does not hold common.yaml
+    cfg = load_config(str(tmp_path / "configs" / "run.yaml"))
+    assert cfg["train"]["epochs"] == 7 and cfg["train"]["lr"] == 1e-3
+
+
+def test_a_broken_yaml_file_is_named(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  lr: [1e-4\n")
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+        load_config(str(path))

@@ -48,7 +48,10 @@ def _schema(task: str) -> dict:
 def _read_yaml(name_or_path: str) -> dict:
     if os.path.isfile(name_or_path):
         with open(name_or_path) as handle:
-            data = yaml.safe_load(handle) or {}
+            try:
+                data = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{name_or_path} is not valid YAML: {error}") from None
         origin = name_or_path
     elif name_or_path in PRESETS:
         data = yaml.safe_load(resources.files(__package__).joinpath(f"{name_or_path}.yaml").read_text()) or {}
@@ -82,8 +85,15 @@ def _merge(base: dict, update: Mapping, origin: str, path: str = "") -> dict:
 def _coerce(default: Any, value: Any, origin: str, where: str) -> Any:
     """``value`` in the type of the schema's ``default``. YAML reads ``1e-4`` as a string (it wants
     ``1.0e-4``): numbers written either way are accepted; a word where a number belongs is an error."""
+    if default is None:
+        default = _NULLABLE.get(where)
     if isinstance(default, bool) or default is None or value is None:
+        strict = isinstance(default, bool) and where not in _BOOL_OR_TEXT
+        if strict and value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{origin}: {where!r} must be true or false, got {value!r}")
         return value
+    if isinstance(default, (int, float)) and isinstance(value, bool):
+        raise ConfigError(f"{origin}: {where!r} must be a number, got {value!r}")
     if isinstance(default, (int, float)) and isinstance(value, str):
         try:
             number = float(value)
@@ -92,7 +102,24 @@ def _coerce(default: Any, value: Any, origin: str, where: str) -> Any:
         return int(number) if isinstance(default, int) and number.is_integer() else number
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, int) and isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{origin}: {where!r} must be a whole number, got {value!r}")
+        return int(value)
     return value
+
+
+# Keys whose schema default is null ("as the variant says", "no limit"): the type a value must
+# have when one is given.
+_NULLABLE = {
+    "model.dilation": False,
+    "model.num_feature_levels": 0,
+    "model.with_box_refine": False,
+    "model.two_stage": False,
+    "train.max_minutes": 0.0,
+}
+# Switches that also take a text: the backbone weights, true for ImageNet or a path/URL.
+_BOOL_OR_TEXT = {"model.pretrained_backbone"}
 
 
 def _chain(name_or_path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
@@ -101,7 +128,18 @@ def _chain(name_or_path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
         raise ConfigError(f"config bases form a cycle: {' -> '.join(seen + (name_or_path,))}")
     data = _read_yaml(name_or_path)
     base_name = data.pop("base", None)
+    if base_name and os.path.isfile(name_or_path):
+        base_name = _beside(name_or_path, str(base_name))
     return (_chain(base_name, seen + (name_or_path,)) if base_name else []) + [(name_or_path, data)]
+
+
+def _beside(config_file: str, base: str) -> str:
+    """A file's ``base``: a preset name, or a path relative to that file's folder (then to the
+    working folder, as before)."""
+    if base in PRESETS or os.path.isabs(base):
+        return base
+    nearby = os.path.join(os.path.dirname(os.path.abspath(config_file)), base)
+    return nearby if os.path.isfile(nearby) else base
 
 
 def _resolve(name_or_path: str) -> dict:
@@ -129,12 +167,21 @@ def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
             raise ConfigError(f"override {override!r} must look like section.key=value")
         dotted, raw = override.split("=", 1)
         # Where the schema holds a word, take the text as written (YAML would turn off/no into False).
-        value = raw if isinstance(_lookup(config, dotted), str) else (yaml.safe_load(raw) if raw != "" else None)
+        value = raw if isinstance(_lookup(config, dotted), str) else _parse_value(raw, override)
         update: Any = value
         for part in reversed(dotted.split(".")):
             update = {part: update}
         config = _merge(config, update, f"override {override!r}")
     return config
+
+
+def _parse_value(raw: str, override: str) -> Any:
+    if raw == "":
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {override!r}: {raw!r} is not a YAML value") from None
 
 
 def load_config(name_or_path: str, overrides: Optional[Iterable[str]] = None) -> dict:
@@ -154,6 +201,27 @@ def _check(config: dict) -> None:
         raise ConfigError(f"data.dataset must be one of {datasets}, got {config['data']['dataset']!r}")
     if config["train"]["amp"] not in ("off", "bf16", "fp16"):
         raise ConfigError(f"train.amp must be off, bf16 or fp16, got {config['train']['amp']!r}")
-    for key in ("batch_size", "epochs"):
+    for key in ("batch_size", "epochs", "eval_every"):
         if not isinstance(config["train"][key], int) or config["train"][key] < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {config['train'][key]!r}")
+    workers = config["data"]["num_workers"]
+    if not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {workers!r}")
+    minutes = config["train"]["max_minutes"]
+    if minutes is not None and minutes < 0:
+        raise ConfigError(f"train.max_minutes must be 0 or more (0: stop after one epoch; null: no "
+                          f"limit), got {minutes!r}")
+    _check_device(config["device"])
+
+
+def _check_device(spec: Any) -> None:
+    import torch
+
+    if spec == "auto":
+        return
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
