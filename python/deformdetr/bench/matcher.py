@@ -22,6 +22,7 @@ try:
 except ImportError as error:  # scipy is the reference here, not a dependency of the package
     raise SystemExit("the matcher benchmark compares against scipy: pip install scipy") from error
 
+from deformdetr.bench import positive_int
 from deformdetr.models import HungarianMatcher
 from deformdetr.ops import linear_sum_assignment
 from deformdetr.ops.boxes import box_cxcywh_to_xyxy_reference, generalized_box_iou_reference
@@ -77,13 +78,14 @@ def best_ms(fn, repeats, warmup=3):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--classes", type=int, default=91)
-    parser.add_argument("--targets", type=int, default=7, help="mean targets per image")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--lsa-size", type=int, default=1000)
+    parser = argparse.ArgumentParser(prog="deformdetr bench matcher", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--queries", type=positive_int, default=300)
+    parser.add_argument("--classes", type=positive_int, default=91)
+    parser.add_argument("--targets", type=positive_int, default=7, help="mean targets per image")
+    parser.add_argument("--repeats", "--repeat", type=positive_int, default=30)
+    parser.add_argument("--lsa-size", type=positive_int, default=1000)
     args = parser.parse_args(argv)
 
     print(f"CPU: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "

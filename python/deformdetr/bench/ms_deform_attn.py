@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from deformdetr.bench import positive_int
 from deformdetr.ops import ms_deform_attn, ms_deform_attn_reference
 
 LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
@@ -90,15 +91,21 @@ def measure(attn, inputs, device, repeat):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser = argparse.ArgumentParser(prog="deformdetr bench attention", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
+                        help="float16 and bfloat16 on CUDA only")
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--repeat", "--repeats", type=positive_int, default=5)
     parser.add_argument("--layout", default="local", choices=["local", "uniform"],
                         help="sampling locations near each query (as in a model) or uniform")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (CPU)")
     args = parser.parse_args(argv)
+    if args.device == "cpu" and args.dtype in ("float16", "bfloat16"):
+        parser.error(f"--dtype {args.dtype} runs on CUDA only (the CPU kernels are float32/float64)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
