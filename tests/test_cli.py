@@ -1,5 +1,7 @@
 """The deformdetr command line."""
 
+import os
+
 import pytest
 
 from deformdetr.cli import main
@@ -55,3 +57,59 @@ def test_predict_accepts_an_official_style_checkpoint(tmp_path):
     record = json.load(open(out / "predictions.json"))[0]
     # threshold 0 keeps every (query, class) pair: 4 queries x 5 classes
     assert (record["width"], record["height"]) == (40, 30) and len(record["detections"]) == 20
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "--checkpoint", "c.pth", "x.png", "--threshold", "5"],
+        ["predict", "--checkpoint", "c.pth", "x.png", "--threshold", "nan"],
+        ["demo", "--minutes", "-5"],
+        ["demo", "--threshold", "-0.1"],
+        ["bench", "attention", "--repeat", "0"],
+        ["bench", "matcher", "--batch", "0"],
+        ["bench", "attention", "--dtype", "float16", "--device", "cpu"],
+    ],
+)
+def test_out_of_range_arguments_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_bench_options_without_a_name_run_the_attention_benchmark(monkeypatch):
+    import deformdetr.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_bench", lambda args: seen.update(what=args.what, rest=args.rest) or 0)
+    assert main(["bench", "--batch", "2"]) == 0
+    assert seen == {"what": "attention", "rest": ["--batch", "2"]}
+
+
+def test_user_errors_are_one_message_and_interrupts_point_at_the_checkpoint(tmp_path, monkeypatch, capsys):
+    import deformdetr.engine.trainer as trainer
+
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    assert main(["predict", "--checkpoint", str(text), str(text)]) == 2
+    assert "could not read checkpoint" in capsys.readouterr().err
+
+    def interrupted(cfg, **kwargs):
+        os.makedirs(cfg["output_dir"], exist_ok=True)
+        open(os.path.join(cfg["output_dir"], "checkpoint.pth"), "wb").close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    assert main(["train", "--output-dir", str(tmp_path / "run")]) == 130
+    assert f"--resume {tmp_path / 'run' / 'checkpoint.pth'}" in capsys.readouterr().err
+
+
+def test_mono3d_metrics_are_printed_as_kitti_ap(capsys):
+    from deformdetr.cli import _print_eval
+
+    _print_eval({"Car_3d_moderate_R40": 12.5, "Car_bev_moderate_R40": 20.25, "Car_3d_easy_R40": 30.0}, "mono3d")
+    out = capsys.readouterr().out
+    assert "KITTI AP|R40 moderate" in out and "Car_3d 12.50" in out and "Car_bev 20.25" in out
+    assert "easy" not in out

@@ -41,29 +41,79 @@ def _config(args):
 
 
 def _train(args) -> int:
-    from deformdetr.engine.trainer import train
+    from deformdetr.engine.trainer import CHECKPOINT_NAME, train
 
     cfg = _config(args)
-    result = train(cfg, resume=args.resume)
-    _print_eval(result["eval"])
+    try:
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        _report_interrupted(os.path.join(cfg["output_dir"], CHECKPOINT_NAME))
+        return 130
+    _print_eval(result["eval"], cfg["task"])
     print(f"outputs in {result['output_dir']} ({result['minutes']:.1f} min)")
     return 0
 
 
-def _print_eval(stats: dict) -> None:
-    if stats:
+def _report_interrupted(checkpoint: str) -> None:
+    if os.path.isfile(checkpoint):
+        print(f"\ninterrupted; the last finished epoch is saved in {checkpoint}: continue with "
+              f"--resume {checkpoint}", file=sys.stderr)
+    else:
+        print("\ninterrupted before the first epoch finished; nothing was saved", file=sys.stderr)
+
+
+def _print_eval(stats: dict, task: str) -> None:
+    if not stats:
+        return
+    if task == "mono3d":  # KITTI AP (R40, moderate) of each class and kind, in percent
+        shown = {k: v for k, v in stats.items() if k.endswith("_moderate_R40")}
+        print("KITTI AP|R40 moderate " + ", ".join(f"{k.removesuffix('_moderate_R40')} {v:.2f}"
+                                                   for k, v in shown.items()))
+    else:
         print("COCO box " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.startswith("AP")))
 
 
 def _eval(args) -> int:
     from deformdetr.engine.trainer import evaluate_checkpoint
 
-    stats = evaluate_checkpoint(_config(args), args.checkpoint, args.results_dir)
-    _print_eval(stats)
+    cfg = _config(args)
+    if args.json:
+        _check_writable(args.json)  # before the evaluation, not after it
+    stats = evaluate_checkpoint(cfg, args.checkpoint, args.results_dir)
+    _print_eval(stats, cfg["task"])
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(stats, handle, indent=2)
     return 0
+
+
+def _check_writable(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"cannot write {path}: its folder {folder} is not writable")
+
+
+def _threshold(text: str) -> float:
+    """An argparse type: a detection score threshold in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"a score threshold lies in [0, 1], got {text}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    """An argparse type: a time budget in minutes, more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the time budget must be more than 0 minutes, got {text}")
+    return value
 
 
 def _image_paths(inputs) -> list[str]:
@@ -83,7 +133,7 @@ def _load_for_prediction(checkpoint_path: str):
     """(model, eval transform, class names) from a trainer checkpoint or an official one."""
 
     from deformdetr.data.transforms import make_coco_transforms
-    from deformdetr.engine.checkpoint import load_training_checkpoint
+    from deformdetr.engine.checkpoint import load_model_state, load_training_checkpoint
     from deformdetr.engine.tasks import get_task
     from deformdetr.engine.tasks.detection import transform_settings
     from deformdetr.models import load_checkpoint
@@ -94,7 +144,7 @@ def _load_for_prediction(checkpoint_path: str):
         if cfg["task"] != "detection":
             raise SystemExit(f"predict draws 2D detections; this checkpoint is a {cfg['task']} model")
         model, _ = get_task(cfg).build_model(cfg, load_pretrained=False)
-        model.load_state_dict(state["model"])
+        load_model_state(model, state["model"], checkpoint_path)
         transform = make_coco_transforms("val", **transform_settings(cfg["data"]))
         return model, transform, state.get("class_names", {})
     return load_checkpoint(checkpoint_path), make_coco_transforms("val"), {}
@@ -121,17 +171,18 @@ def _demo(args) -> int:
                  f"train.max_minutes={args.minutes}"] + list(args.overrides)
     cfg = load_config("demo_synthetic", overrides)
     started = time.time()
-    print(f"deformdetr demo: synthetic shapes -> train on {cfg['device']} for up to {args.minutes} min "
+    device = resolve_device(cfg["device"])
+    print(f"deformdetr demo: synthetic shapes -> train on {device.type} for up to {args.minutes:g} min "
           f"-> COCO eval -> predictions in {args.output_dir}", flush=True)
-    result = train(cfg)
+    # The demo is meant to be run again: a new run replaces the previous demo's outputs.
+    result = train(cfg, overwrite=True)
     stats = result["eval"]
     checkpoint = os.path.join(cfg["output_dir"], "checkpoint.pth")
     model, transform, names = _load_for_prediction(checkpoint)
     val_images = sorted(glob.glob(os.path.join(cfg["data"]["root"], "val2017", "*")))[: args.num_images]
     predictions = os.path.join(cfg["output_dir"], "predictions")
-    predict_images(model, val_images, predictions, transform, resolve_device(cfg["device"]),
-                   args.threshold, names)
-    _print_eval(stats)
+    predict_images(model, val_images, predictions, transform, device, args.threshold, names)
+    _print_eval(stats, cfg["task"])
     print(f"demo done in {(time.time() - started) / 60:.1f} min: AP50 {stats.get('AP50', 0):.3f}; "
           f"curves {os.path.join(cfg['output_dir'], 'curves.png')}; pictures in {predictions}")
     return 0
@@ -148,10 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", "-c", default="demo_synthetic", help="preset name or YAML file")
     train.add_argument("--resume", help="continue from this checkpoint (model, optimizer, epoch, RNG)")
     train.add_argument("--output-dir", help="where checkpoints, logs and plots go")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh even if the output folder holds a previous run")
     train.add_argument("overrides", nargs="*", help=overrides_help)
     train.set_defaults(run=_train)
 
-    evaluate = commands.add_parser("eval", help="COCO box AP of a checkpoint on the config's val split")
+    evaluate = commands.add_parser(
+        "eval", help="metrics of a checkpoint on the config's val split (COCO box AP; KITTI AP for mono3d)"
+    )
     evaluate.add_argument("--config", "-c", default="demo_synthetic")
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--json", help="also write the metrics to this file")
@@ -163,16 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True, help="a deformdetr or official checkpoint")
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--output-dir", default="predictions")
-    predict.add_argument("--threshold", type=float, default=0.5)
+    predict.add_argument("--threshold", type=_threshold, default=0.5, help="keep scores >= this (0..1)")
     predict.add_argument("--device", default="auto")
     predict.set_defaults(run=_predict)
 
     demo = commands.add_parser("demo", help="synthetic data -> train on CPU -> evaluate -> pictures")
     demo.add_argument("--output-dir", default="outputs/demo")
-    demo.add_argument("--minutes", type=float, default=12.0,
+    demo.add_argument("--minutes", type=_minutes, default=12.0,
                       help="training time budget (checked after each epoch; the whole demo takes ~1-2 min more)")
     demo.add_argument("--num-images", type=int, default=8, help="validation images to draw")
-    demo.add_argument("--threshold", type=float, default=0.5)
+    demo.add_argument("--threshold", type=_threshold, default=0.5)
     demo.add_argument("overrides", nargs="*", help=overrides_help)
     demo.set_defaults(run=_demo)
 
@@ -189,17 +244,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_default_bench(argv: list) -> list:
+    # `deformdetr bench --batch 2` means the attention benchmark: argparse would take "2" for it.
+    if len(argv) >= 1 and argv[0] == "bench" and (len(argv) == 1 or argv[1].startswith("-")) \
+            and not set(argv[1:2]) & {"-h", "--help"}:
+        return ["bench", "attention"] + argv[1:]
+    return argv
+
+
 def main(argv=None) -> int:
+    argv = _with_default_bench(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except Exception as error:  # configuration and data errors: a message, not a traceback
-        from deformdetr.configs import ConfigError
-
-        if isinstance(error, (ConfigError, FileNotFoundError)):
-            print(f"deformdetr {args.command}: error: {error}", file=sys.stderr)
-            return 2
-        raise
+    except KeyboardInterrupt:
+        print(f"\ndeformdetr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ArithmeticError) as error:
+        # What users meet (bad settings, data, checkpoints, paths, full disks, a diverged
+        # training) arrives as one of these: a message, not a traceback, unless asked for.
+        if os.environ.get("DEFORMDETR_TRACEBACK"):
+            raise
+        print(f"deformdetr {args.command}: error: {error}", file=sys.stderr)
+        print("(set DEFORMDETR_TRACEBACK=1 to see where it came from)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -88,11 +88,20 @@ def test_killed_run_leaves_the_last_good_checkpoint_loadable(tmp_path, tiny_over
     assert state["epoch"] >= 0 and "model" in state
 
 
+def _free_port() -> int:
+    # A fixed port fails when another test run on the machine holds it.
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_process_gloo_ddp_run(tmp_path, tiny_overrides):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
          "-m", "deformdetr.cli", "train", "--config", "demo_synthetic", "--output-dir", str(out),
          *tiny_overrides, "train.epochs=1"],
         env=env, capture_output=True, text=True, timeout=300,
@@ -101,3 +110,66 @@ def test_two_process_gloo_ddp_run(tmp_path, tiny_overrides):
     records = [json.loads(line) for line in open(out / "log.jsonl")]
     assert len(records) == 1 and "test_AP" in records[0]  # one log, written by rank 0 only
     assert load_training_checkpoint(str(out / "checkpoint.pth"))["epoch"] == 0
+
+
+def _train_cli(out, overrides, *extra):
+    return main(["train", "--config", "demo_synthetic", "--output-dir", str(out), *extra, *overrides])
+
+
+def test_runs_are_not_replaced_or_corrupted_by_mistakes(tmp_path, tiny_overrides, capsys):
+    out = tmp_path / "run"
+    one_epoch = [*tiny_overrides, "train.epochs=1"]
+    assert _train_cli(out, one_epoch) == 0
+    checkpoint = out / "checkpoint.pth"
+    assert oct(checkpoint.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    record = json.loads(open(out / "log.jsonl").readline())
+    assert {"train_loss", "train_loss_ce", "train_loss_bbox", "train_loss_giou"} <= set(record)
+    assert not any(key.endswith(("_0", "_enc")) for key in record)
+
+    # A second fresh run into the same folder is refused; with --overwrite it starts a new log.
+    capsys.readouterr()
+    assert _train_cli(out, one_epoch) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert _train_cli(out, one_epoch, "--overwrite") == 0
+    assert [json.loads(line)["epoch"] for line in open(out / "log.jsonl")] == [0]
+
+    # A resume that cannot work leaves the run's config.json as it was.
+    config_before = (out / "config.json").read_text()
+    capsys.readouterr()
+    assert _train_cli(out, [*one_epoch, "model.hidden_dim=32"], "--resume", str(checkpoint)) == 2
+    assert "do not fit the model" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == config_before
+
+    # Weights alone are not a training checkpoint; they evaluate fine, with any preset's settings.
+    weights = tmp_path / "weights.pth"
+    torch.save(load_training_checkpoint(str(checkpoint))["model"], weights)
+    assert _train_cli(tmp_path / "other", one_epoch, "--resume", str(weights)) == 2
+    assert "not a training checkpoint" in capsys.readouterr().err
+    assert main(["eval", "--config", "demo_synthetic", "--checkpoint", str(weights), *tiny_overrides]) == 0
+    data_only = [o for o in tiny_overrides if not o.startswith("model.")]
+    assert main(["eval", "--config", "demo_synthetic", "--checkpoint", str(checkpoint), *data_only]) == 0
+    assert "using the model settings saved in" in capsys.readouterr().err
+
+    # Resuming a finished run says so instead of silently doing nothing.
+    assert _train_cli(out, one_epoch, "--resume", str(checkpoint)) == 0
+    assert "nothing to train" in capsys.readouterr().err
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_resume_follows_a_changed_lr_drop(tmp_path, tiny_overrides):
+    dropping = [*tiny_overrides, "train.lr_drop=1"]
+    straight = train(load_config("demo_synthetic", [*dropping, f"output_dir={tmp_path / 'a'}"]), progress=False)
+    first = train(load_config("demo_synthetic", [*tiny_overrides, "train.epochs=1",
+                                                 f"output_dir={tmp_path / 'b'}"]), progress=False)
+    train(load_config("demo_synthetic", [*dropping, f"output_dir={tmp_path / 'b'}"]),
+          resume=os.path.join(first["output_dir"], "checkpoint.pth"), progress=False)
+    # Both runs trained epoch 0 at the base lr and epoch 1 at the dropped one: the same weights.
+    states = [load_training_checkpoint(str(tmp_path / run / "checkpoint.pth"))["model"] for run in "ab"]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    lrs = [[json.loads(line)["lr"] for line in open(tmp_path / run / "log.jsonl")] for run in "ab"]
+    assert lrs[0][1] == lrs[1][1] < lrs[0][0]  # the lr in effect after each epoch

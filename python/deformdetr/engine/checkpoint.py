@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import tempfile
 from typing import Any, Optional
 
@@ -13,7 +14,15 @@ import torch
 
 from deformdetr.models.deformable_detr import read_checkpoint
 
-__all__ = ["save_atomic", "load_training_checkpoint", "rng_state", "restore_rng_state", "preserved_rng"]
+__all__ = [
+    "save_atomic",
+    "load_training_checkpoint",
+    "model_state_of",
+    "load_model_state",
+    "rng_state",
+    "restore_rng_state",
+    "preserved_rng",
+]
 
 
 def save_atomic(obj: Any, path: str) -> None:
@@ -23,16 +32,34 @@ def save_atomic(obj: Any, path: str) -> None:
     os.makedirs(folder, exist_ok=True)
     handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
     try:
+        # mkstemp makes the file private (0600); a checkpoint is as readable as any other output.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as tmp:
             torch.save(obj, tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as error:
+        _remove_quietly(tmp_path)
+        # torch reports a full disk as "unexpected pos ..."; say what the disk has left.
+        free = shutil.disk_usage(folder).free
+        raise OSError(f"could not write checkpoint {path} ({free / 2**20:.0f} MiB free on its disk): "
+                      f"{error}") from error
     except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+        _remove_quietly(tmp_path)
         raise
     _fsync_folder(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_quietly(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def _fsync_folder(folder: str) -> None:
@@ -89,3 +116,33 @@ def load_training_checkpoint(path: str, map_location: Optional[str] = "cpu") -> 
     """A checkpoint written by the trainer (model, optimizer, lr_scheduler, epoch, rng, config),
     or an official one (model, args, ...)."""
     return read_checkpoint(path, map_location)
+
+
+def model_state_of(checkpoint: dict, path: str) -> dict:
+    """The model weights of a checkpoint in any of the layouts in use: ours and the official
+    Deformable DETR's ("model"), the official MonoDETR's ("model_state"), or a bare state dict."""
+    for key in ("model", "model_state"):
+        if key in checkpoint:
+            return checkpoint[key]
+    if checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        return checkpoint
+    raise ValueError(f"checkpoint {path!r} holds no model weights: no 'model' or 'model_state' entry "
+                     f"and not a bare state dict (its keys: {', '.join(list(map(str, checkpoint))[:8])})")
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: str) -> None:
+    """load_state_dict(strict), with a short message when the weights do not fit the model: a few
+    examples of each kind of mismatch instead of torch's hundreds of lines."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or resized:
+        parts = [f"{len(found)} {kind} (e.g. {', '.join(found[:3])})"
+                 for kind, found in (("missing", missing), ("unexpected", unexpected),
+                                     ("of another shape, checkpoint vs model", resized)) if found]
+        raise ValueError(f"the weights in {path!r} do not fit the model this config builds: "
+                         f"{'; '.join(parts)}. Use the config (preset and model.* settings) the "
+                         f"checkpoint was trained with.")
+    model.load_state_dict(state)

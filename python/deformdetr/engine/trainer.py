@@ -6,8 +6,10 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from typing import Optional
 
@@ -18,7 +20,9 @@ from tqdm import tqdm
 
 from deformdetr.engine import distributed as dist
 from deformdetr.engine.checkpoint import (
+    load_model_state,
     load_training_checkpoint,
+    model_state_of,
     preserved_rng,
     restore_rng_state,
     rng_state,
@@ -36,9 +40,13 @@ LOG_NAME = "log.jsonl"
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {spec!r} asked for, but torch sees no CUDA device")
+        raise ValueError(f"device {spec!r} asked for, but torch sees no CUDA device "
+                         f"(CUDA build of torch: {torch.version.cuda is not None})")
     return device
 
 
@@ -105,11 +113,13 @@ def train_one_epoch(task, model, criterion, loader, optimizer, device, epoch: in
         count += 1
         totals["loss"] = totals.get("loss", 0.0) + loss.item()
         for key in losses:
-            if "_" in key[5:] or key.endswith("_enc"):  # per-layer copies: the final layer's suffice
-                continue
+            if not _PER_LAYER_COPY.search(key):  # loss_ce_0, loss_ce_enc: the final layer's suffice
                 totals[key] = totals.get(key, 0.0) + float(losses[key].detach())
         bar.set_postfix(loss=f"{totals['loss'] / count:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
     return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+_PER_LAYER_COPY = re.compile(r"_(\d+|enc)$")
 
 
 def _write_log(output_dir: str, record: dict) -> None:
@@ -117,46 +127,110 @@ def _write_log(output_dir: str, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def train(cfg: dict, resume: Optional[str] = None, progress: bool = True) -> dict:
+def _check_output_dir(output_dir: str, resume: Optional[str], overwrite: bool) -> None:
+    """A fresh run does not silently replace another run's checkpoint and log."""
+    previous = os.path.join(output_dir, CHECKPOINT_NAME)
+    if resume or overwrite or not os.path.exists(previous):
+        return
+    raise FileExistsError(
+        f"{output_dir} already holds a run ({CHECKPOINT_NAME}); continue it with --resume {previous}, "
+        f"start over with --overwrite, or pick another --output-dir"
+    )
+
+
+def _start_log(output_dir: str, resumed: bool) -> None:
+    """A fresh run starts its own log; a resumed one appends to the run's log."""
+    if not resumed and os.path.exists(os.path.join(output_dir, LOG_NAME)):
+        os.remove(os.path.join(output_dir, LOG_NAME))
+
+
+_RESUME_KEYS = ("model", "optimizer", "epoch", "rng")
+
+
+def _check_resumable(checkpoint: dict, path: str) -> None:
+    missing = [k for k in _RESUME_KEYS if k not in checkpoint]
+    if missing:
+        raise ValueError(
+            f"{path!r} is not a training checkpoint of deformdetr (it lacks {', '.join(missing)}): "
+            "--resume continues a run that `deformdetr train` saved. To start from an official "
+            "checkpoint's weights, evaluate or predict with it, or load it with "
+            "deformdetr.models.load_checkpoint."
+        )
+
+
+def _restore_optimization(optimizer, scheduler, checkpoint: dict, path: str, start_epoch: int) -> None:
+    """The optimizer's per-parameter state (moments) comes from the checkpoint; its
+    hyperparameters and the learning-rate schedule come from the config, replayed over the epochs
+    done. With an unchanged config that is exactly the saved state; a changed train.lr or
+    train.lr_drop takes effect as if the run had been configured so from the start."""
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except ValueError as error:
+        raise ValueError(f"the optimizer state in {path!r} does not fit this config's parameter "
+                         f"groups (did train.lr_backbone or the model change?): {error}") from None
+    for group, settings in zip(optimizer.param_groups, configured):
+        group.update(settings)
+    with warnings.catch_warnings():  # stepping a scheduler with no optimizer step in between
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start_epoch):
+            scheduler.step()
+
+
+def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwrite: bool = False) -> dict:
     """Trains as the config says, evaluating and checkpointing each epoch. ``resume``: a
-    checkpoint to continue from (model, optimizer, scheduler, epoch and RNG state)."""
+    checkpoint to continue from (model, optimizer state, epoch and RNG state; the schedule follows
+    the config). ``overwrite``: start afresh even where the output folder holds a previous run."""
     device = resolve_device(cfg["device"])
     dist.init_distributed(device)
     if dist.is_distributed() and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     output_dir = cfg["output_dir"]
-    if dist.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "config.json"), "w") as handle:
-            json.dump(cfg, handle, indent=2)
+    _check_output_dir(output_dir, resume, overwrite)
     train_cfg = cfg["train"]
+    batch_size, workers = train_cfg["batch_size"], cfg["data"]["num_workers"]
     seed = train_cfg["seed"] + dist.rank()
     _seed_everything(seed)
 
     task = get_task(cfg)
     checkpoint = load_training_checkpoint(resume) if resume else None
+    if checkpoint is not None:
+        _check_resumable(checkpoint, resume)
+    # Data first, so that its errors come before any model is built or weights are downloaded.
+    # (Building the datasets draws no random numbers; preserved_rng keeps it that way.)
+    with preserved_rng():
+        train_set, val_set = task.build_datasets(cfg)
+    if len(train_set) < batch_size * dist.world_size():
+        raise ValueError(f"the training split has {len(train_set)} samples, fewer than one batch "
+                         f"(train.batch_size={batch_size} x {dist.world_size()} processes): no step "
+                         f"would be taken")
     model, criterion = task.build_model(cfg, load_pretrained=checkpoint is None)
     model.to(device)
     optimizer = task.build_optimizer(model, train_cfg)
     scheduler = task.build_scheduler(optimizer, train_cfg)
     start_epoch = 0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        load_model_state(model, checkpoint["model"], resume)
         start_epoch = checkpoint["epoch"] + 1
+        _restore_optimization(optimizer, scheduler, checkpoint, resume, start_epoch)
+    if dist.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        _start_log(output_dir, resumed=checkpoint is not None)
+        with open(os.path.join(output_dir, "config.json"), "w") as handle:
+            json.dump(cfg, handle, indent=2)
     model_ddp = model
     if dist.is_distributed():
         model_ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and train_cfg["amp"] == "fp16" else None
 
-    train_set, val_set = task.build_datasets(cfg)
     class_names = task.class_names(val_set)
-    batch_size, workers = train_cfg["batch_size"], cfg["data"]["num_workers"]
     started = time.time()
     last_eval: dict = {}
     epochs = train_cfg["epochs"]
+    if start_epoch >= epochs and dist.is_main_process():
+        print(f"nothing to train: the checkpoint has finished epoch {start_epoch} of {epochs}; "
+              f"raise train.epochs to continue", file=sys.stderr)
     if checkpoint is not None:
         # Everything that consumed randomness while building is done: continue the saved streams.
         restore_rng_state(checkpoint["rng"])
@@ -210,9 +284,24 @@ def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[s
             raise ValueError("results_dir (KITTI result files) is for mono3d configs")
         task.results_dir = results_dir
     state = load_training_checkpoint(checkpoint_path)
+    cfg = _with_model_of_checkpoint(cfg, state, checkpoint_path)
     model, _ = task.build_model(cfg, load_pretrained=False)
-    model.load_state_dict(state["model"] if "model" in state else state["model_state"])
+    load_model_state(model, model_state_of(state, checkpoint_path), checkpoint_path)
     model.to(device)
     _, val_set = task.build_datasets(cfg)
     loader = _loader(val_set, task.collate_fn, cfg["train"]["batch_size"], False, cfg["data"]["num_workers"], 0, 0)
     return task.evaluate(model, loader, val_set, device, lambda: _autocast(device, cfg["train"]["amp"]))
+
+
+def _with_model_of_checkpoint(cfg: dict, state: dict, path: str) -> dict:
+    """A checkpoint of ours carries the config it was trained with: its weights fit that model,
+    whatever preset evaluates it. (Official checkpoints carry no config: the given one is used.)"""
+    saved = state.get("config")
+    if not isinstance(saved, dict) or "model" not in saved:
+        return cfg
+    if saved.get("task", "detection") != cfg["task"]:
+        raise ValueError(f"{path!r} is a {saved.get('task')} checkpoint; evaluate it with a "
+                         f"{saved.get('task')} config, not a {cfg['task']} one")
+    if saved["model"] != cfg["model"] and dist.is_main_process():
+        print(f"using the model settings saved in {path}", file=sys.stderr)
+    return {**cfg, "model": saved["model"]}
