@@ -26,3 +26,10 @@ def num_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def dense(tensor):
+    """The tensor as the kernels must see it: contiguous, with its values in memory. DLPack hands
+    over raw storage, so a lazily negated or conjugated view (torch's neg/conj bits, e.g. from
+    ``z.conj().imag``) would otherwise reach the kernels with the wrong sign."""
+    return tensor.resolve_conj().resolve_neg().contiguous()

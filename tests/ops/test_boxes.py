@@ -162,3 +162,14 @@ def test_cuda_tensors_use_the_reference():
     out = generalized_box_iou(boxes, boxes)
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), generalized_box_iou(boxes.cpu(), boxes.cpu()))
+
+
+def test_lazily_negated_views_are_read_with_their_sign():
+    # z.conj().imag is a view with torch's negative bit: its memory holds the values unnegated.
+    negated = torch._neg_view(torch.rand(6, 4) + 0.1)
+    plain = negated.resolve_neg()
+    torch.testing.assert_close(box_cxcywh_to_xyxy(negated), box_cxcywh_to_xyxy_reference(plain))
+    corners = torch.tensor([[-1.0, -1.0, 0.0, 0.0]])
+    negated_corners = torch._neg_view(torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(generalized_box_iou(negated_corners, corners),
+                               generalized_box_iou_reference(corners, corners))

@@ -326,3 +326,15 @@ def test_property_batched_equals_single(costs, maximize):
         expected_rows, expected_cols = linear_sum_assignment(cost, maximize=maximize)
         np.testing.assert_array_equal(rows, expected_rows)
         np.testing.assert_array_equal(cols, expected_cols)
+
+
+def test_lazily_negated_cost_views_are_solved_with_their_sign():
+    z = torch.complex(torch.rand(6, 6, generator=torch.Generator().manual_seed(3)),
+                      torch.rand(6, 6, generator=torch.Generator().manual_seed(4)))
+    cost = z.conj().imag  # a view with torch's negative bit set
+    assert cost.is_neg()
+    expected = scipy_lsa(cost.resolve_neg().numpy())
+    rows, cols = linear_sum_assignment(cost)
+    assert cols.tolist() == expected[1].tolist()
+    (batched_rows, batched_cols), = batched_linear_sum_assignment([cost])
+    assert batched_cols.tolist() == expected[1].tolist()

@@ -292,6 +292,16 @@ def test_spatial_shapes_whose_area_overflows_raise(huge):
         ms_deform_attn(value, shapes, starts, locations, weights)
 
 
+@pytest.mark.parametrize("index", [1, 2, 3, 4])
+def test_inputs_on_another_device_than_value_raise(index):
+    # A meta tensor among CPU ones routes the call to the fake implementation, which must not
+    # hand back an unwritten CPU output.
+    inputs = list(make_inputs())
+    inputs[index] = inputs[index].to("meta")
+    with pytest.raises(ValueError, match="must be on one device"):
+        ms_deform_attn(*inputs)
+
+
 def test_cuda_tensor_on_cpu_only_build_explains_rebuild():
     if deformdetr.cuda_compiled:
         pytest.skip("this build has CUDA kernels")

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from deformdetr._native import _C, num_threads
+from deformdetr._native import _C, dense, num_threads
 
 __all__ = ["HungarianMatcher"]
 
@@ -134,4 +134,4 @@ def _targets(
 
 def _to_host(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     # One copy per tensor for the whole batch, whatever device the model runs on.
-    return tensor.detach().to(device="cpu", dtype=dtype).contiguous()
+    return dense(tensor.detach().to(device="cpu", dtype=dtype))

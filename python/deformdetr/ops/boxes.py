@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from deformdetr._native import _C, num_threads
+from deformdetr._native import _C, dense, num_threads
 
 __all__ = [
     "box_cxcywh_to_xyxy",
@@ -82,7 +82,7 @@ def _needs_reference(*boxes: Tensor) -> bool:
 
 
 def _convert(kernel, boxes: Tensor) -> Tensor:
-    boxes = boxes.detach().contiguous()
+    boxes = dense(boxes.detach())
     out = torch.empty_like(boxes)
     kernel(boxes, out, num_threads())
     return out
@@ -92,8 +92,8 @@ def _pairwise(kernel, boxes1: Tensor, boxes2: Tensor) -> Tensor:
     _check_box_rows(boxes1, "boxes1")
     _check_box_rows(boxes2, "boxes2")
     dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
-    boxes1 = boxes1.detach().to(dtype).contiguous()
-    boxes2 = boxes2.detach().to(dtype).contiguous()
+    boxes1 = dense(boxes1.detach().to(dtype))
+    boxes2 = dense(boxes2.detach().to(dtype))
     out = boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
     kernel(boxes1, boxes2, out, num_threads())
     return out

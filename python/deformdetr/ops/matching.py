@@ -12,7 +12,7 @@ from typing import Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from deformdetr._native import _C, num_threads
+from deformdetr._native import _C, dense, num_threads
 
 __all__ = ["linear_sum_assignment", "batched_linear_sum_assignment"]
 
@@ -115,4 +115,4 @@ def _cost_tensor(cost: torch.Tensor, name: str) -> torch.Tensor:
         )
     if matrix.device.type != "cpu":
         matrix = matrix.cpu()
-    return matrix
+    return dense(matrix)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deformdetr._native import _C, cuda_stream_of, num_threads
+from deformdetr._native import _C, cuda_stream_of, dense, num_threads
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference"]
 
@@ -36,8 +36,7 @@ def _ms_deform_attn_op(
     attention_weights: Tensor,
 ) -> Tensor:
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
-        t.contiguous()
-        for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        dense(t) for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     )
     output = _empty_output(value, sampling_locations)
     _C.ms_deform_attn_forward(
@@ -45,6 +44,16 @@ def _ms_deform_attn_op(
         output, num_threads(), cuda_stream_of(value),
     )
     return output.flatten(2)
+
+
+def _check_devices(value: Tensor, *others: Tensor) -> None:
+    # Also in the fake implementation: a meta tensor among real ones dispatches there, and would
+    # otherwise get an unwritten output on value's device.
+    names = ("spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
+    for name, tensor in zip(names, others):
+        if tensor.device != value.device:
+            raise ValueError(f"{name} is on {tensor.device}, value on {value.device}: all inputs "
+                             f"must be on one device")
 
 
 def _empty_output(value: Tensor, sampling_locations: Tensor) -> Tensor:
@@ -66,6 +75,7 @@ def _check_ranks(value: Tensor, sampling_locations: Tensor) -> None:
 
 @_ms_deform_attn_op.register_fake
 def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    _check_devices(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     return _empty_output(value, sampling_locations).flatten(2)
 
 
@@ -79,12 +89,11 @@ def _ms_deform_attn_backward_op(
     grad_output: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
-        t.contiguous()
-        for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        dense(t) for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     )
-    grad_output = grad_output.reshape(
+    grad_output = dense(grad_output.reshape(
         value.shape[0], sampling_locations.shape[1], value.shape[2], value.shape[3]
-    ).contiguous()
+    ))
     _alert_if_nondeterministic(value.device)
     # 16-bit gradients of value are summed in float32 by the CUDA kernel, then rounded once.
     accum_dtype = torch.float32 if value.dtype in _16_BIT else value.dtype
