@@ -184,9 +184,14 @@ MatchArgs check_match_inputs(const ConstArray& logits, const ConstArray& pred_bo
   check_dim(a.target_sizes, 0, d.batch, "batch B of pred_logits");
   check_dim(a.target_boxes, 1, 4, "(cx, cy, w, h)");
   const auto* sizes = static_cast<const int64_t*>(a.target_sizes.data);
+  const int64_t labels = a.target_labels.dim(0);
   int64_t total = 0;
   for (int64_t b = 0; b < d.batch; ++b) {
     if (sizes[b] < 0) fail_value("target_sizes[" + std::to_string(b) + "] is negative");
+    // Against the labels given, before adding: a sum that wraps around int64 could match them.
+    if (sizes[b] > labels - total)
+      fail_value("target_sizes[0.." + std::to_string(b) + "] add up to more than the " +
+                 std::to_string(labels) + " target_labels given");
     total += sizes[b];
     a.pairs += assignment_size(d.queries, sizes[b]);
   }

@@ -183,3 +183,13 @@ def test_cuda_predictions():
     for (rows, cols), (expected_rows, expected_cols) in zip(HungarianMatcher()(cuda_outputs, cuda_targets), expected):
         assert rows.device.type == "cpu"
         assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
+
+
+def test_target_sizes_that_overflow_are_refused_by_the_native_matcher():
+    from deformdetr._native import _C
+
+    # 4 x 2**62 wraps to 0 in int64: it must not pass for the 0 labels given.
+    with pytest.raises(ValueError, match="add up to more than the 0 target_labels"):
+        _C.hungarian_match(torch.randn(4, 3, 2), torch.full((4, 3, 4), 0.5), torch.tensor([2**62] * 4),
+                           torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4), 2.0, 5.0, 2.0, 0.25,
+                           torch.empty(12, dtype=torch.int64), torch.empty(12, dtype=torch.int64), 2)
