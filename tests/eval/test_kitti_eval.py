@@ -442,3 +442,10 @@ def test_label_files_round_trip(tmp_path):
     bad.write_text("Car 0 0 0 1 2 3\n")
     with pytest.raises(ValueError, match="bad.txt:1: expected 15 or 16 fields"):
         read_kitti_label_file(bad)
+
+
+def test_a_label_file_with_bytes_that_are_not_utf8_is_named(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"Car 0 0 0 1 2 3 4 1 1 1 1 1 1 0\nCar\xe9 0 0 0 1 2 3 4 1 1 1 1 1 1 0\n")
+    with pytest.raises(ValueError, match="latin1.txt.*line 2: not UTF-8"):
+        read_kitti_label_file(bad)

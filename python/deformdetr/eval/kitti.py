@@ -48,7 +48,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from deformdetr.data.kitti import parse_label_line
+from deformdetr.data.kitti import numbered_lines, parse_label_line
 
 __all__ = [
     "CLASS_NAMES",
@@ -721,14 +721,13 @@ def read_kitti_label_file(path) -> dict:
     rotation_y) or 16 with a score. ``dimensions`` come back as (l, h, w), the devkit's order;
     ``score`` is 0 when the file has none (as the devkit)."""
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(parse_label_line(line))
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: {error}") from None
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rows.append(parse_label_line(line))
+        except ValueError as error:
+            raise ValueError(f"{path}:{number}: {error}") from None
     anno = empty_annotation()
     if not rows:
         return anno
