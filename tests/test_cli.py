@@ -113,3 +113,19 @@ def test_mono3d_metrics_are_printed_as_kitti_ap(capsys):
     out = capsys.readouterr().out
     assert "KITTI AP|R40 moderate" in out and "Car_3d 12.50" in out and "Car_bev 20.25" in out
     assert "easy" not in out
+
+
+def test_image_folders_list_every_image_type_but_not_earlier_drawings(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from deformdetr.cli import _image_paths
+
+    for name in ("a.png", "b.tif", "c.gif", "a_1.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "predictions.json").write_text(json.dumps([{"image": str(tmp_path / "a.png"),
+                                                           "png": str(tmp_path / "a_1.png")}]))
+    names = [os.path.basename(p) for p in _image_paths([str(tmp_path)])]
+    assert names == ["a.png", "b.tif", "c.gif"]

@@ -116,17 +116,32 @@ def _minutes(text: str) -> float:
     return value
 
 
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
 def _image_paths(inputs) -> list[str]:
+    """The image files named, and those in the folders named, without the drawings an earlier
+    predict wrote into such a folder (listed in its predictions.json)."""
     paths = []
     for item in inputs:
         if os.path.isdir(item):
+            drawn = _earlier_drawings(item)
             paths += sorted(p for p in glob.glob(os.path.join(item, "*"))
-                            if p.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".webp")))
+                            if p.lower().endswith(_IMAGE_SUFFIXES) and os.path.abspath(p) not in drawn)
         else:
             paths.append(item)
     if not paths:
-        raise SystemExit("no images given (files or folders of .jpg/.png)")
+        raise SystemExit(f"no images given (files, or folders of {'/'.join(_IMAGE_SUFFIXES)})")
     return paths
+
+
+def _earlier_drawings(folder: str) -> set:
+    try:
+        with open(os.path.join(folder, "predictions.json")) as handle:
+            records = json.load(handle)
+        return {os.path.abspath(r["png"]) for r in records if isinstance(r, dict) and "png" in r}
+    except (OSError, ValueError, TypeError):
+        return set()
 
 
 def _load_for_prediction(checkpoint_path: str):
@@ -159,6 +174,9 @@ def _predict(args) -> int:
                              resolve_device(args.device), args.threshold, names)
     found = sum(len(r["detections"]) for r in records)
     print(f"{found} detections in {len(records)} images -> {os.path.join(args.output_dir, 'predictions.json')}")
+    if records.skipped:
+        print(f"{len(records.skipped)} images could not be read: see "
+              f"{os.path.join(args.output_dir, 'skipped.json')}", file=sys.stderr)
     return 0
 
 

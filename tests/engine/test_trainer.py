@@ -173,3 +173,9 @@ def test_resume_follows_a_changed_lr_drop(tmp_path, tiny_overrides):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     lrs = [[json.loads(line)["lr"] for line in open(tmp_path / run / "log.jsonl")] for run in "ab"]
     assert lrs[0][1] == lrs[1][1] < lrs[0][0]  # the lr in effect after each epoch
+
+
+def test_category_ids_beyond_num_classes_stop_before_training(tmp_path, tiny_overrides, capsys):
+    assert _train_cli(tmp_path / "run", [*tiny_overrides, "model.num_classes=3"]) == 2
+    assert "does not fit model.num_classes=3" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()

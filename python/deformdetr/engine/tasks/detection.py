@@ -63,8 +63,11 @@ class DetectionTask:
         if data["dataset"] == "synthetic":
             generate_synthetic_once(data, os.path.join("annotations", "instances_val2017.json"),
                                     generate_synthetic_coco)
-        return tuple(build_coco(data["root"], split, skip_corrupt=data["skip_corrupt"], **transform_settings(data))
-                     for split in ("train", "val"))
+        datasets = tuple(build_coco(data["root"], split, skip_corrupt=data["skip_corrupt"], **transform_settings(data))
+                         for split in ("train", "val"))
+        for dataset in datasets:
+            _check_categories(dataset, cfg["model"]["num_classes"])
+        return datasets
 
     @staticmethod
     def build_optimizer(model, train: dict):
@@ -113,3 +116,14 @@ class DetectionTask:
             return {}
         return {int(c["id"]): c["name"] for c in coco.loadCats(coco.getCatIds())}
 
+
+
+def _check_categories(dataset, num_classes: int) -> None:
+    """Category ids index the classifier's outputs: one beyond them would only fail mid-epoch,
+    in the matcher."""
+    ids = [a["category_id"] for a in dataset.coco.anns.values()]
+    if ids and (max(ids) >= num_classes or min(ids) < 0):
+        bad = max(ids) if max(ids) >= num_classes else min(ids)
+        raise ValueError(f"{dataset.ann_file}: category id {bad} does not fit model.num_classes="
+                         f"{num_classes} (ids must lie in 0..num_classes-1; the official COCO setting "
+                         f"is 91 for ids up to 90)")
