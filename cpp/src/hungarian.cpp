@@ -1,6 +1,7 @@
 #include "deformdetr/hungarian.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 #include <utility>
@@ -12,6 +13,16 @@ namespace deformdetr {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Reduced costs are differences and sums of entries: with finite entries near +-DBL_MAX they
+// overflow to infinities (a spurious "infeasible", or a suboptimal answer). Such a problem is
+// solved on costs scaled by a power of two, which is exact and leaves the optimum where it was.
+constexpr double kScaleAbove = 0x1p1000;  // ~1e301, a 2^24 margin below DBL_MAX
+constexpr double kScale = 0x1p-24;
+
+void scale_down(std::vector<double>& costs) {
+  for (double& x : costs) x *= kScale;  // infinities stay infinite
+}
 
 // Copies the problem into ws.cost as an n x m matrix with n <= m, transposing tall matrices and
 // negating when maximizing, so that the solver only ever minimises over a wide matrix.
@@ -25,6 +36,7 @@ bool load_wide_cost(const T* cost, int64_t rows, int64_t cols, int64_t row_strid
   out.resize((size_t)(n * m));
   const double sign = maximize ? -1.0 : 1.0;
   bool valid = true;
+  double largest = 0;  // largest finite magnitude
   // Square tiles keep reads and writes cache-friendly whichever way the source is laid out.
   constexpr int64_t kTile = 32;
   for (int64_t i0 = 0; i0 < n; i0 += kTile) {
@@ -37,11 +49,13 @@ bool load_wide_cost(const T* cost, int64_t rows, int64_t cols, int64_t row_strid
         for (int64_t j = j0; j < j1; ++j) {
           const double x = sign * (double)src[j * stride_j];
           valid &= (x == x) & (x != -kInf);
+          largest = std::max(largest, std::fabs(x) < kInf ? std::fabs(x) : 0.0);
           dst[j] = x;
         }
       }
     }
   }
+  if (largest > kScaleAbove) scale_down(out);
   return valid;
 }
 

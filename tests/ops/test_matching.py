@@ -338,3 +338,32 @@ def test_lazily_negated_cost_views_are_solved_with_their_sign():
     assert cols.tolist() == expected[1].tolist()
     (batched_rows, batched_cols), = batched_linear_sum_assignment([cost])
     assert batched_cols.tolist() == expected[1].tolist()
+
+
+def test_finite_costs_near_the_largest_double_are_solved_exactly():
+    # Reduced costs of such entries overflow unless the solver scales them (by a power of two).
+    rows, cols = linear_sum_assignment(np.array([[1e308, 1e308], [-1e308, -1e308]]))
+    assert cols.tolist() == [0, 1]
+    cost = np.array([[np.inf, 1e308, -1e308, 1.7e308], [1.7e308, 1e308, -1.7e308, np.inf]])
+    assert linear_sum_assignment(cost)[1].tolist() == scipy_lsa(cost)[1].tolist() == [1, 2]
+    rng = np.random.default_rng(0)
+    values = np.array([1.7e308, -1.7e308, 1e308, -1e308, 4e307, 0.0, np.inf])
+    for _ in range(300):
+        cost = rng.choice(values, size=tuple(rng.integers(1, 4, size=2)))
+        best = _brute_force_exact(cost)
+        if best is None:
+            with pytest.raises(ValueError, match="infeasible"):
+                linear_sum_assignment(cost)
+            continue
+        rows, cols = linear_sum_assignment(cost)
+        # Exact sums (Python integers): equal up to entries a double cannot tell apart here.
+        assert abs(sum(int(cost[i, j]) for i, j in zip(rows, cols)) - best) <= 1e292
+
+
+def _brute_force_exact(cost):
+    if cost.shape[0] > cost.shape[1]:
+        return _brute_force_exact(cost.T)
+    totals = [sum(int(cost[i, j]) for i, j in enumerate(perm))
+              for perm in itertools.permutations(range(cost.shape[1]), cost.shape[0])
+              if np.isfinite([cost[i, j] for i, j in enumerate(perm)]).all()]
+    return min(totals) if totals else None
