@@ -125,10 +125,17 @@ int hardware_threads() {
   return n == 0 ? 1 : (int)n;
 }
 
+int usable_threads(int num_threads) {
+  // More threads than hardware threads never speed these kernels up, and pool threads live as
+  // long as the process: a request for thousands must not create thousands.
+  const int available = hardware_threads();
+  return num_threads <= 0 || num_threads > available ? available : num_threads;
+}
+
 void parallel_for(int64_t n, int64_t grain, int num_threads,
                   const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  if (num_threads <= 0) num_threads = hardware_threads();
+  num_threads = usable_threads(num_threads);
   grain = std::max<int64_t>(grain, 1);
   int64_t max_chunks_by_grain = (n + grain - 1) / grain;
   int threads = (int)std::min<int64_t>(num_threads, max_chunks_by_grain);

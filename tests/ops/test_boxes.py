@@ -3,6 +3,9 @@ hand-computed values."""
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 import torch
 
@@ -173,3 +176,15 @@ def test_lazily_negated_views_are_read_with_their_sign():
     negated_corners = torch._neg_view(torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
     torch.testing.assert_close(generalized_box_iou(negated_corners, corners),
                                generalized_box_iou_reference(corners, corners))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_a_huge_thread_request_uses_at_most_the_hardware_threads():
+    from deformdetr._native import _C
+
+    boxes1 = box_cxcywh_to_xyxy_reference(torch.rand(3000, 4))
+    boxes2 = box_cxcywh_to_xyxy_reference(torch.rand(2000, 4))
+    out = torch.empty(3000, 2000)
+    _C.box_iou(boxes1, boxes2, out, 3000)  # work enough for 3000 threads, one row each
+    assert len(os.listdir("/proc/self/task")) <= threading.active_count() + _C.hardware_threads() + 8
+    torch.testing.assert_close(out, box_iou_reference(boxes1, boxes2))

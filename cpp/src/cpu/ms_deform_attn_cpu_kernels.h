@@ -267,7 +267,7 @@ void backward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const in
                    scalar_t* grad_weights, int num_threads) {
   const int64_t N = dims.batch, M = dims.heads, S = dims.value_len, Q = dims.queries;
   const int64_t D = dims.channels;
-  const int threads = num_threads > 0 ? num_threads : hardware_threads();
+  const int threads = usable_threads(num_threads);  // also sizes the per-split grad maps
   const int64_t pairs = N * M;
   if (pairs == 0) return;  // every gradient is empty
   const bool head_major = Q * dims.levels * dims.points * 4 >= S;
