@@ -53,3 +53,21 @@ def test_monodetr_training_loss_falls_on_synthetic_kitti(tmp_path, kitti_root):
     assert main(["train", "--config", "monodetr_synthetic", "--output-dir", str(out), *overrides]) == 0
     losses = [json.loads(line)["train_loss"] for line in open(out / "log.jsonl")]
     assert len(losses) == 5 and losses[-1] < 0.8 * losses[0]
+
+
+def test_monodetr_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, kitti_root):
+    import torch
+
+    overrides = [o for o in TINY_MONO if not o.startswith("train.epochs")] + [
+        f"data.root={kitti_root}", "train.decay_list=[1]", "train.eval_every=5"]
+
+    def run(name, epochs, *extra):
+        args = ["train", "--config", "monodetr_synthetic", "--output-dir", str(tmp_path / name), *extra]
+        assert main([*args, *overrides, f"train.epochs={epochs}"]) == 0
+        return load_training_checkpoint(str(tmp_path / name / "checkpoint.pth"))
+
+    straight = run("straight", 2)
+    run("resumed", 1)
+    resumed = run("resumed", 2, "--resume", str(tmp_path / "resumed" / "checkpoint.pth"))
+    assert resumed["epoch"] == straight["epoch"] == 1
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
