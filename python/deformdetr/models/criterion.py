@@ -4,6 +4,7 @@ the encoder proposals. Loss names and weights are the official ones."""
 
 from __future__ import annotations
 
+import re
 from typing import Mapping, Sequence
 
 import torch
@@ -102,7 +103,26 @@ class SetCriterion(nn.Module):
 
     # ---- the whole criterion ---------------------------------------------------------------
 
+    #: target key -> row width of the per-object tensors the losses index as (T, width); an image
+    #: without objects may hold any numel-0 shape there
+    target_box_widths = {"boxes": 4}
+
+    def checked_targets(self, targets: Sequence[Mapping[str, Tensor]]) -> list[dict]:
+        """The targets as the losses index them: labels as int64 (any integer dtype: uint8 would
+        otherwise index as a boolean mask), an empty image's boxes as (0, width)."""
+        return [self._checked_target(i, target) for i, target in enumerate(targets)]
+
+    def _checked_target(self, i: int, target: Mapping[str, Tensor]) -> dict:
+        checked = dict(target)
+        checked["labels"] = _checked_labels(i, target["labels"])
+        count = checked["labels"].shape[0]
+        for key, width in self.target_box_widths.items():
+            if key in target:  # a missing key fails in the loss that needs it
+                checked[key] = _checked_boxes(i, key, target[key], count, width)
+        return checked
+
     def forward(self, outputs: Mapping, targets: Sequence[Mapping[str, Tensor]]) -> dict:
+        targets = self.checked_targets(targets)
         final = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
         num_boxes = self.num_boxes(targets, final["pred_logits"].device)
         losses = self._losses(final, targets, num_boxes, suffix="", log=True)
@@ -134,8 +154,77 @@ class SetCriterion(nn.Module):
         return torch.clamp(count / world_size, min=1).item()
 
     def total(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """The training objective: the weighted sum of the losses that have a weight."""
+        """The training objective: the weighted sum of the losses that have a weight. Losses
+        without one are only logged (class_error, cardinality_error), as officially, but a
+        weighted loss's per-layer copy without a weight is an error: see :func:`_check_layer_weights`."""
+        _check_layer_weights(self.weight_dict, losses)
         return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)
+
+
+def _checked_labels(i: int, labels) -> Tensor:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"targets[{i}]['labels'] must be a tensor, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"targets[{i}]['labels'] must hold integer classes, got dtype {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"targets[{i}]['labels'] must have shape (T,), got {tuple(labels.shape)}")
+    return labels.long()  # the same tensor when already int64
+
+
+def _checked_boxes(i: int, key: str, boxes, count: int, width: int) -> Tensor:
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"targets[{i}][{key!r}] must be a tensor, got {type(boxes).__name__}")
+    if count == 0 and boxes.numel() == 0:
+        # An image without objects is often written torch.zeros(0); the losses index (T, width).
+        return boxes.reshape(0, width)
+    if tuple(boxes.shape) != (count, width):
+        raise ValueError(
+            f"targets[{i}][{key!r}] must have shape (T, {width}) = ({count}, {width}) to match its "
+            f"{count} labels, got {tuple(boxes.shape)}"
+        )
+    return boxes
+
+
+#: A per-layer copy of a loss: "<loss>_<decoder layer>" or "<loss>_enc".
+_LAYER_KEY = re.compile(r"^(?P<base>.+)_(?P<layer>\d+|enc)$")
+
+
+def _check_layer_weights(weight_dict: Mapping[str, float], losses: Mapping[str, Tensor]) -> None:
+    """Raises ValueError when ``losses`` hold a per-layer copy (``loss_ce_1``, ``loss_ce_enc``)
+    of a weighted loss that ``weight_dict`` has no weight for: the criterion was built for fewer
+    decoder layers than the model has, and the sum would silently leave those layers untrained.
+
+    Officially unweighted keys stay unweighted: logged values (class_error, cardinality_error
+    and their copies), and the encoder's losses when the weights hold no per-layer entries at
+    all (two-stage with aux_loss=False, where the official criterion ignores them too)."""
+    weighted_layers = _layer_copies(weight_dict, weight_dict)
+    missing = [
+        key for key, layer in _layer_copies(losses, weight_dict).items()
+        if key not in weight_dict and (layer != "enc" or weighted_layers)
+    ]
+    if missing:
+        raise ValueError(_layer_weights_message(missing, weighted_layers, losses, weight_dict))
+
+
+def _layer_weights_message(missing, weighted_layers, losses, weight_dict) -> str:
+    unweighted = f"losses {missing} have no weight in weight_dict"
+    if all(key.endswith("_enc") for key in missing):
+        return (f"{unweighted}: build the criterion with encoder weights (official_weight_dict adds "
+                f"them with aux_loss=True)")
+    model = 2 + max(int(layer) for layer in _layer_copies(losses, weight_dict).values() if layer != "enc")
+    if not weighted_layers:
+        return (f"{unweighted}: the criterion was built without auxiliary losses (aux_loss=False) but "
+                f"the model returns them for its {model} decoder layers; build it with aux_loss=True, "
+                f"dec_layers={model}")
+    built = 1 + len({layer for layer in weighted_layers.values() if layer != "enc"})
+    return (f"{unweighted}: the criterion was built for {built} decoder layer(s) but the model has {model}; "
+            f"build it with dec_layers={model}")
+
+
+def _layer_copies(keys, weight_dict: Mapping[str, float]) -> dict[str, str]:
+    """key -> its layer ("0", "1", ..., "enc") for the keys that copy a weighted loss."""
+    matches = ((key, _LAYER_KEY.match(key)) for key in keys)
+    return {key: m["layer"] for key, m in matches if m and m["base"] in weight_dict}
 
 
 def official_weight_dict(

@@ -42,6 +42,8 @@ class MonoSetCriterion(SetCriterion):
         "depth_map": "loss_depth_map",
     }
 
+    target_box_widths = {"boxes": 4, "boxes_3d": 6, "size_3d": 3}
+
     def __init__(self, num_classes: int, matcher: MonoHungarianMatcher, weight_dict: Mapping[str, float],
                  focal_alpha: float = 0.25, losses: Sequence[str] = MONODETR_LOSSES, group_num: int = 11,
                  ddn_loss: DDNLoss = None):
@@ -106,6 +108,7 @@ class MonoSetCriterion(SetCriterion):
         return {"loss_depth_map": self.ddn_loss(logits, box_cxcywh_to_xyxy_reference(boxes), counts, depths)}
 
     def forward(self, outputs: Mapping, targets: Sequence[Mapping[str, Tensor]]) -> dict:
+        targets = self.checked_targets(targets)
         group_num = self.group_num if self.training else 1
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         num_boxes = self.num_boxes(targets, final["pred_logits"].device, multiplier=group_num)
