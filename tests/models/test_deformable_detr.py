@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -116,7 +117,7 @@ def test_load_checkpoint_infers_the_variant_from_keys_alone(tmp_path):
     model = small_model("box_refine")
     path = tmp_path / "weights.pth"
     torch.save({"model": model.state_dict()}, path)
-    config = load_checkpoint(str(path), nheads=4).config  # heads x points cannot be told apart
+    config = load_checkpoint(str(path), nheads=4, dilation=False).config  # what keys cannot tell
     assert config.with_box_refine and not config.two_stage
     assert (config.num_classes, config.num_queries, config.dec_layers, config.hidden_dim) == (5, 12, 2, 64)
 
@@ -135,6 +136,12 @@ def test_bad_settings_raise():
         deformable_detr("multi_scale", hidden_size=64)
     with pytest.raises(ValueError, match="requires with_box_refine"):
         deformable_detr("multi_scale", two_stage=True, **SMALL)
+    with pytest.raises(ValueError, match="dec_layers must be at least 1"):
+        deformable_detr("multi_scale", **{**SMALL, "dec_layers": 0})
+    with pytest.raises(ValueError, match="hidden_dim must be a multiple of 32"):
+        deformable_detr("multi_scale", **{**SMALL, "hidden_dim": 48})
+    with pytest.raises(ValueError, match="divisible by nheads"):
+        deformable_detr("multi_scale", **{**SMALL, "hidden_dim": 64, "nheads": 3})
 
 
 def test_official_defaults():
@@ -181,8 +188,58 @@ def test_small_backbones_build_run_and_round_trip(tmp_path, backbone):
     assert model.backbone[0].num_channels == [128, 256, 512]
     path = tmp_path / "small.pth"
     torch.save({"model": model.state_dict()}, path)
-    loaded = load_checkpoint(str(path), nheads=4).eval()
+    loaded = load_checkpoint(str(path), nheads=4, dilation=False).eval()
     assert loaded.config.backbone == backbone
     imgs = images()
     with torch.no_grad():
         assert torch.equal(model(imgs)["pred_boxes"], loaded(imgs)["pred_boxes"])
+
+
+def test_settings_a_state_dict_cannot_tell_are_assumed_aloud(tmp_path):
+    model = small_model("two_stage").eval()  # nheads=4, 12 queries: not the official defaults
+    path = tmp_path / "weights.pth"
+    torch.save(model.state_dict(), path)
+    with pytest.warns(UserWarning, match=r"records no args.*nheads=8.*dilation=False.*num_queries=300"):
+        load_checkpoint(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # everything given: nothing assumed, nothing to warn about
+        loaded = load_checkpoint(str(path), nheads=4, dilation=False, num_queries=12).eval()
+    imgs = images()
+    with torch.no_grad():
+        assert torch.equal(model(imgs)["pred_boxes"], loaded(imgs)["pred_boxes"])
+
+
+def test_fine_tuning_loads_what_fits_and_names_the_rest(tmp_path):
+    model = small_model("multi_scale")
+    path = tmp_path / "weights.pth"
+    headless = {k: v for k, v in model.state_dict().items() if not k.startswith("class_embed")}
+    torch.save({"model": headless}, path)
+    with pytest.warns(UserWarning, match="keep their initialisation.*class_embed"):
+        tuned = load_checkpoint(str(path), strict=False, num_classes=7, nheads=4, dilation=False)
+    assert tuned.class_embed[0].out_features == 7
+    assert torch.equal(tuned.transformer.level_embed, model.transformer.level_embed)
+    torch.save({"model": model.state_dict()}, path)  # the old head is there, of another shape
+    with pytest.warns(UserWarning, match="keep their initialisation.*class_embed"):
+        tuned = load_checkpoint(str(path), strict=False, num_classes=7, nheads=4, dilation=False)
+    assert tuned.class_embed[0].out_features == 7
+    with pytest.raises(ValueError, match="no 'class_embed.0.weight' to tell num_classes"):
+        torch.save({"model": headless}, path)
+        load_checkpoint(str(path), nheads=4, dilation=False)
+
+
+@pytest.mark.parametrize(
+    "make_input,error,match",
+    [
+        (lambda x: ((x * 255).to(torch.uint8), None), TypeError, "must be floating point"),
+        (lambda x: (x[:, :1], None), ValueError, r"\(B, 3, H, W\) batch"),
+        (lambda x: (x.double(), None), TypeError, "model's weights torch.float32"),
+        (lambda x: (x[:0], None), ValueError, "at least one image"),
+        (lambda x: (x.numpy(), None), TypeError, "must be a .* torch tensor"),
+        (lambda x: (x, torch.full((1, 64, 96), 0.5)), TypeError, "mask must be bool"),
+    ],
+)
+def test_inputs_a_model_cannot_take_are_named(make_input, error, match):
+    model = small_model("multi_scale").eval()
+    images, mask = make_input(torch.rand(1, 3, 64, 96))
+    with pytest.raises(error, match=match), torch.no_grad():
+        model(images, mask) if mask is not None else model(images)

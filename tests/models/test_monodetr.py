@@ -264,3 +264,22 @@ def test_decode_with_a_hand_made_calibration():
     mean = np.array([[0, 0, 0], [1.0, 1.0, 1.0], [0, 0, 0]])
     (result,) = decode(outputs, calib, torch.tensor([[width, height]]), cls_mean_size=mean)
     assert np.allclose(result[0][6:9], [h + 1, 2.6, 5.0], atol=1e-6)
+
+
+def test_checkpoints_with_args_load_exactly_and_bare_weights_warn(tmp_path):
+    import dataclasses
+    import warnings
+
+    model = perturbed(tiny_model()).eval()
+    path = tmp_path / "ours.pth"
+    # What the trainer saves: the weights and the model's settings as args.
+    torch.save({"model": model.state_dict(), "args": dataclasses.asdict(model.config)}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_monodetr_checkpoint(str(path)).eval()
+    assert loaded.config == model.config
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)
+    with pytest.warns(UserWarning, match="records no args.*nheads=8"):
+        with pytest.raises(ValueError, match="group_num"):  # and then the guess does not fit
+            load_monodetr_checkpoint(str(bare))

@@ -7,8 +7,9 @@ import argparse
 import copy
 import math
 import os
+import warnings
 from dataclasses import dataclass, fields, replace
-from typing import Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from deformdetr.models.backbone import Backbone, Joiner, load_backbone_weights
 from deformdetr.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
-from deformdetr.models.nested import as_padded_batch, resize_mask
+from deformdetr.models.nested import as_padded_batch, check_images, resize_mask
 from deformdetr.models.position_encoding import build_position_encoding
 
 __all__ = [
@@ -134,6 +135,7 @@ class DeformableDETR(nn.Module):
         tensor with an optional (B, H, W) mask, True at padding. Boxes come out normalised
         (cx, cy, w, h) relative to each image's own (unpadded) size."""
         images, mask = as_padded_batch(images, mask)
+        check_images(images, self.class_embed[0].weight.dtype)
         features, pos = self.backbone(images, mask)
         srcs, masks = [], []
         for level, (feature, feature_mask) in enumerate(features[: self.num_feature_levels]):
@@ -277,20 +279,79 @@ def make_config(variant: str = "multi_scale", **overrides) -> DeformableDETRConf
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"unknown Deformable DETR setting(s) {unknown}; known: {sorted(known)}")
-    return replace(DeformableDETRConfig(), **{**VARIANTS[variant], **overrides})
+    config = replace(DeformableDETRConfig(), **{**VARIANTS[variant], **overrides})
+    _check_sizes(config)
+    return config
+
+
+def _check_sizes(config) -> None:
+    """Sizes that would otherwise fail deep inside a torch layer, with no word of the setting."""
+    for name in ("num_classes", "num_queries", "dec_layers", "num_feature_levels", "nheads",
+                 "dim_feedforward", "enc_n_points", "dec_n_points"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.enc_layers < 0:
+        raise ValueError(f"enc_layers must be 0 or more, got {config.enc_layers}")
+    if config.hidden_dim % 32 != 0:  # the input projections' GroupNorm has 32 groups
+        raise ValueError(f"hidden_dim must be a multiple of 32 (GroupNorm(32) in the input "
+                         f"projections), got {config.hidden_dim}")
+    if config.hidden_dim % config.nheads != 0:
+        raise ValueError(f"hidden_dim ({config.hidden_dim}) must be divisible by nheads ({config.nheads})")
 
 
 def load_checkpoint(path: str, map_location="cpu", strict: bool = True, **overrides) -> DeformableDETR:
     """Builds the model an official (or deformdetr) checkpoint file was saved from and loads its
     weights. The variant comes from the checkpoint's saved ``args`` when present, otherwise from
-    the state dict's keys and shapes; ``overrides`` settle what keys cannot tell (``dilation``)."""
+    the state dict's keys and shapes; ``overrides`` settle what keys cannot tell (``nheads``,
+    ``dilation``, a two-stage model's ``num_queries``: assumed at the official defaults, with a
+    warning) and replace what they can (``num_classes=7`` for fine-tuning). With
+    ``strict=False``, weights missing from the file or of another shape (a new head) are left
+    at their initialisation, with a warning naming them."""
     checkpoint = read_checkpoint(path, map_location)
     state = checkpoint["model"] if "model" in checkpoint else checkpoint
     given = {**_settings_from_args(checkpoint.get("args")), **overrides}
-    settings = {**config_from_state_dict(state, nheads=given.get("nheads", 8)), **given}
-    model = build_deformable_detr(make_config("multi_scale", **settings))
-    model.load_state_dict(state, strict=strict)
+    inferred = config_from_state_dict(state, nheads=given.get("nheads", 8), known=given)
+    _warn_about_assumed_settings(path, given, two_stage=inferred["two_stage"])
+    model = build_deformable_detr(make_config("multi_scale", **{**inferred, **given}))
+    load_weights(model, state, strict, path)
     return model
+
+
+# What a state dict cannot tell, and why; assumed at the official defaults when neither the
+# checkpoint's args nor the caller give it.
+_UNRECORDED = {
+    "nheads": "heads and points per head multiply into one weight shape",
+    "dilation": "a dilated (DC5) ResNet has the same weights",
+}
+
+
+def _warn_about_assumed_settings(path: str, given: dict, two_stage: bool) -> None:
+    unrecorded = dict(_UNRECORDED, **({"num_queries": "a two-stage model has no query embedding"}
+                                      if two_stage else {}))
+    assumed = {k: why for k, why in unrecorded.items() if k not in given}
+    if assumed:
+        defaults = DeformableDETRConfig()
+        listed = "; ".join(f"{k}={getattr(defaults, k)} ({why})" for k, why in assumed.items())
+        warnings.warn(f"{path}: the checkpoint records no args, so these settings are assumed at "
+                      f"the official defaults: {listed}. Pass the real ones to load_checkpoint if "
+                      f"the model was trained otherwise.", stacklevel=3)
+
+
+def load_weights(model: nn.Module, state: dict, strict: bool, path: str) -> None:
+    """load_state_dict; with strict=False, entries whose shape differs from the model's (a head
+    for other classes) are skipped too, and everything left out is named in a warning."""
+    if strict:
+        model.load_state_dict(state)
+        return
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k not in own or tuple(v.shape) == tuple(own[k].shape)}
+    resized = sorted(set(state) - set(fitting))
+    result = model.load_state_dict(fitting, strict=False)
+    left_out = resized + list(result.missing_keys)
+    if left_out or result.unexpected_keys:
+        warnings.warn(f"{path}: {len(left_out)} weights keep their initialisation (missing or of "
+                      f"another shape, e.g. {', '.join(left_out[:4])}); {len(result.unexpected_keys)} "
+                      f"entries of the file are unused", stacklevel=3)
 
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
@@ -317,9 +378,10 @@ def _settings_from_args(args) -> dict:
     return {k: v for k, v in values.items() if k in known}
 
 
-def config_from_state_dict(state: dict, nheads: int = 8) -> dict:
+def config_from_state_dict(state: dict, nheads: int = 8, known: Iterable[str] = ()) -> dict:
     """The settings a state dict's keys and shapes determine. The attention projections give
-    heads x levels x points together, so the points per head follow from ``nheads``."""
+    heads x levels x points together, so the points per head follow from ``nheads``. Settings in
+    ``known`` are not read from the state dict (whose head may be missing, for fine-tuning)."""
     if "transformer.level_embed" not in state:
         raise ValueError("not a Deformable DETR state dict: no 'transformer.level_embed'")
     levels, hidden_dim = state["transformer.level_embed"].shape
@@ -332,7 +394,6 @@ def config_from_state_dict(state: dict, nheads: int = 8) -> dict:
     settings = dict(
         enc_n_points=_points_per_head(state, "encoder", nheads, int(levels)),
         dec_n_points=_points_per_head(state, "decoder", nheads, int(levels)),
-        num_classes=state["class_embed.0.weight"].shape[0],
         hidden_dim=int(hidden_dim),
         num_feature_levels=int(levels),
         enc_layers=count("transformer.encoder.layers."),
@@ -344,9 +405,17 @@ def config_from_state_dict(state: dict, nheads: int = 8) -> dict:
         position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
         backbone_from_scratch="backbone.0.body.bn1.num_batches_tracked" in state,
     )
-    if not two_stage:
-        settings["num_queries"] = state["query_embed.weight"].shape[0]
+    if "num_classes" not in known:
+        settings["num_classes"] = _rows_of(state, "class_embed.0.weight", "num_classes")
+    if not two_stage and "num_queries" not in known:
+        settings["num_queries"] = _rows_of(state, "query_embed.weight", "num_queries")
     return settings
+
+
+def _rows_of(state: dict, key: str, setting: str) -> int:
+    if key not in state:
+        raise ValueError(f"the state dict has no {key!r} to tell {setting}: pass {setting}=...")
+    return int(state[key].shape[0])
 
 
 def _backbone_from_state(state: dict, layer3_blocks: int) -> str:

@@ -8,7 +8,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pad_images", "as_padded_batch", "resize_mask"]
+__all__ = ["pad_images", "as_padded_batch", "check_images", "resize_mask"]
+
+
+def check_images(images: Tensor, model_dtype: Optional[torch.dtype] = None) -> None:
+    """A (B, 3, H, W) batch a model can take, or an error that says what to change: torch's own
+    errors from deep inside the first convolution name neither the input nor the fix."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be torch tensors, got {type(images).__name__} (for a numpy "
+                        f"HWC uint8 image: torch.from_numpy(a).permute(2, 0, 1).float() / 255)")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a (B, 3, H, W) batch (RGB, channels first), got shape "
+                         f"{tuple(images.shape)}; a grayscale image can be repeated: x.expand(3, H, W)")
+    if min(images.shape[0], images.shape[2], images.shape[3]) < 1:
+        raise ValueError(f"images must hold at least one image of at least 1x1 pixels, got shape "
+                         f"{tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be floating point (normalised as in training), got "
+                        f"{images.dtype}; e.g. x.float() / 255, then the ImageNet mean and std")
+    if model_dtype is not None and images.dtype != model_dtype and not torch.is_autocast_enabled(
+            images.device.type):
+        raise TypeError(f"images are {images.dtype} but the model's weights {model_dtype}: convert "
+                        f"one of them (images.to({model_dtype}) or model.to({images.dtype}))")
 
 
 def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -16,6 +37,11 @@ def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     returns (batch, mask) with mask (B, max H, max W) True where there is padding."""
     if len(images) == 0:
         raise ValueError("pad_images needs at least one image")
+    for index, image in enumerate(images):
+        if not isinstance(image, Tensor):
+            raise TypeError(f"images[{index}] must be a (3, H, W) torch tensor, got "
+                            f"{type(image).__name__} (for a numpy HWC uint8 image: "
+                            f"torch.from_numpy(a).permute(2, 0, 1).float() / 255)")
     channels = images[0].shape[0]
     for index, image in enumerate(images):
         if image.dim() != 3 or image.shape[0] != channels:
@@ -56,7 +82,10 @@ def as_padded_batch(
                 f"mask must have shape {(images.shape[0], images.shape[2], images.shape[3])} "
                 f"(B, H, W), got {tuple(mask.shape)}"
             )
-        return images, mask.to(torch.bool)
+        elif mask.dtype != torch.bool:
+            # A float mask would turn every non-zero value into padding; say so instead.
+            raise TypeError(f"mask must be bool (True at padding), got {mask.dtype}")
+        return images, mask
     if mask is not None:
         raise ValueError("pass mask only with a batched (B, 3, H, W) tensor; lists are padded here")
     return pad_images(list(images))

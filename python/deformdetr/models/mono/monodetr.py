@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Union
 
@@ -19,12 +20,14 @@ from deformdetr.models.deformable_detr import (
     DeformableDETR,
     _backbone_from_state,
     _points_per_head,
+    _rows_of,
+    load_weights,
     read_checkpoint,
 )
 from deformdetr.models.deformable_transformer import inverse_sigmoid
 from deformdetr.models.mono.depth_predictor import DepthPredictor
 from deformdetr.models.mono.depthaware_transformer import DepthAwareTransformer
-from deformdetr.models.nested import resize_mask
+from deformdetr.models.nested import check_images, resize_mask
 from deformdetr.models.position_encoding import build_position_encoding
 
 __all__ = ["MonoDETR", "MonoDETRConfig", "monodetr", "build_monodetr", "load_monodetr_checkpoint",
@@ -126,8 +129,7 @@ class MonoDETR(nn.Module):
         """images (B, 3, H, W) (all of one size, as officially: no padding); calibs (B, 3, 4) the
         P2 camera matrices; img_sizes (B, 2) (W, H) of the original images, which the geometric
         depth uses with P2's focal length (default: the input size)."""
-        if images.dim() != 4:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        check_images(images, self.class_embed[0].weight.dtype)
         batch = images.shape[0]
         if tuple(calibs.shape) != (batch, 3, 4):
             raise ValueError(f"calibs must be (B, 3, 4) = ({batch}, 3, 4) P2 matrices, got {tuple(calibs.shape)}")
@@ -275,14 +277,43 @@ def load_monodetr_checkpoint(path: str, map_location="cpu", strict: bool = True,
         if isinstance(checkpoint.get(key), dict):
             state = checkpoint[key]
             break
-    settings = {**monodetr_config_from_state_dict(state, nheads=overrides.get("nheads", 8),
-                                                   group_num=overrides.get("group_num", 11)), **overrides}
+    given = {**_settings_from_args(checkpoint.get("args")), **overrides}
+    # The official files ({"model_state": ...}) come from the one official configuration, whose
+    # fixed values are the defaults; any other file without args may have been trained otherwise.
+    if "model_state" not in checkpoint:
+        _warn_about_assumed_settings(path, given)
+    settings = {**monodetr_config_from_state_dict(state, nheads=given.get("nheads", 8),
+                                                  group_num=given.get("group_num", 11), known=given),
+                **given}
     model = build_monodetr(make_monodetr_config(**settings))
-    model.load_state_dict(state, strict=strict)
+    load_weights(model, state, strict, path)
     return model
 
 
-def monodetr_config_from_state_dict(state: dict, nheads: int = 8, group_num: int = 11) -> dict:
+def _settings_from_args(args) -> dict:
+    if args is None:
+        return {}
+    values = dict(args)
+    return {k: v for k, v in values.items() if k in {f.name for f in fields(MonoDETRConfig)}}
+
+
+# What a state dict cannot tell (query rows are num_queries x group_num; heads and points per head
+# multiply into one weight shape): assumed at the official values when nothing gives them.
+_UNRECORDED = ("nheads", "depth_encoder_nheads", "group_num")
+
+
+def _warn_about_assumed_settings(path: str, given: dict) -> None:
+    assumed = [k for k in _UNRECORDED if k not in given]
+    if assumed:
+        defaults = MonoDETRConfig()
+        listed = ", ".join(f"{k}={getattr(defaults, k)}" for k in assumed)
+        warnings.warn(f"{path}: the checkpoint records no args and is not in the official layout, so "
+                      f"{listed} are assumed (a state dict cannot tell them). Pass the real ones to "
+                      f"load_monodetr_checkpoint if the model was trained otherwise.", stacklevel=3)
+
+
+def monodetr_config_from_state_dict(state: dict, nheads: int = 8, group_num: int = 11,
+                                    known=()) -> dict:
     prefix = "depthaware_transformer"
     if f"{prefix}.level_embed" not in state:
         raise ValueError(f"not a MonoDETR state dict: no '{prefix}.level_embed'")
@@ -296,8 +327,7 @@ def monodetr_config_from_state_dict(state: dict, nheads: int = 8, group_num: int
         raise ValueError(f"query_embed has {query_rows} rows, not a multiple of group_num={group_num}: "
                          "pass the checkpoint's group_num")
     depth_encoder = "depth_predictor.depth_encoder.layers.0."
-    return dict(
-        num_classes=state["class_embed.0.weight"].shape[0],
+    settings = dict(
         hidden_dim=int(hidden_dim),
         num_feature_levels=int(levels),
         enc_layers=count(f"{prefix}.encoder.layers."),
@@ -314,3 +344,6 @@ def monodetr_config_from_state_dict(state: dict, nheads: int = 8, group_num: int
         position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
         backbone_from_scratch="backbone.0.body.bn1.num_batches_tracked" in state,
     )
+    if "num_classes" not in known:
+        settings["num_classes"] = _rows_of(state, "class_embed.0.weight", "num_classes")
+    return settings
