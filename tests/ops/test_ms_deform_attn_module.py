@@ -117,6 +117,52 @@ def test_bad_reference_points_and_mask():
         m(torch.randn(2, 7, 16), ref, flat, SHAPES, STARTS)
 
 
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(flat=torch.randn(3, VALUE_LEN, 32)), r"input_flatten has batch size 3 but query has 2"),
+        (dict(ref=torch.rand(3, 7, 4, 2)), r"reference_points .* \(2, 7, 4, 2\|4\|6\) to match query"),
+        (dict(ref=torch.rand(2, 5, 4, 2)), r"reference_points .* \(N, Lq\) = \(2, 7\)"),
+        (dict(shapes=SHAPES[:3]), r"input_spatial_shapes must have shape \(4, 2\)"),
+        (dict(shapes=SHAPES.flatten()), r"input_spatial_shapes must have shape \(4, 2\)"),
+        (dict(starts=STARTS[:3]), r"input_level_start_index must have shape \(4,\)"),
+    ],
+)
+def test_inputs_that_do_not_agree_are_value_errors_naming_the_argument(change, match):
+    # They used to fail inside torch: "shape '[...]' is invalid", a broadcast error.
+    m = MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3)
+    query, ref, flat = inputs()
+    args = {**dict(ref=ref, flat=flat, shapes=SHAPES, starts=STARTS), **change}
+    with pytest.raises(ValueError, match=match):
+        m(query, args["ref"], args["flat"], args["shapes"], args["starts"])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.float32])
+def test_a_padding_mask_that_is_not_bool_is_a_type_error(dtype):
+    # 0/1 masks disagree on which value marks padding, so none is guessed.
+    m = MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3)
+    query, ref, flat = inputs()
+    with pytest.raises(TypeError, match=r"input_padding_mask must be a bool tensor.*mask.bool\(\)"):
+        m(query, ref, flat, SHAPES, STARTS, torch.zeros(2, VALUE_LEN, dtype=dtype))
+
+
+@pytest.mark.parametrize("as_", [lambda t: t.tolist(), lambda t: tuple(map(tuple, t.tolist()))])
+def test_spatial_shapes_and_start_index_may_be_lists(as_):
+    m = randomised(MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3))
+    query, ref, flat = inputs()
+    expected = m(query, ref, flat, SHAPES, STARTS)
+    torch.testing.assert_close(m(query, ref, flat, as_(SHAPES), STARTS.tolist()), expected, rtol=0, atol=0)
+    with use_reference():
+        torch.testing.assert_close(m(query, ref, flat, as_(SHAPES), STARTS.tolist()), expected)
+
+
+def test_spatial_shapes_of_another_type_are_a_type_error():
+    m = MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3)
+    query, ref, flat = inputs()
+    with pytest.raises(TypeError, match="input_spatial_shapes must be an int64 tensor or a list"):
+        m(query, ref, flat, SHAPES.numpy(), STARTS)
+
+
 def test_torch_compile_fullgraph_module_on_cpu():
     m = randomised(MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3))
     query, ref, flat = inputs()

@@ -69,14 +69,21 @@ class MSDeformAttn(nn.Module):
         reference_points         (N, Lq, L, 2) normalised (x, y), or (N, Lq, L, 4) boxes (cx, cy, w, h),
                                  or (N, Lq, L, 6) MonoDETR boxes (cx, cy, l, r, t, b)
         input_flatten            (N, S, C), the L feature maps flattened and concatenated
-        input_spatial_shapes     (L, 2) int64 (H, W)
-        input_level_start_index  (L,) int64
+        input_spatial_shapes     (L, 2) int64 (H, W); a list of L (H, W) pairs is converted
+        input_level_start_index  (L,) int64; a list of L ints is converted
         input_padding_mask       (N, S) bool, True at padding (those values are zeroed)
         returns                  (N, Lq, C)
         """
+        spatial_shapes = self._level_tensor(
+            "input_spatial_shapes", input_spatial_shapes, (self.n_levels, 2), input_flatten
+        )
+        level_start_index = self._level_tensor(
+            "input_level_start_index", input_level_start_index, (self.n_levels,), input_flatten
+        )
+        _check_mask_dtype(input_padding_mask)
+        self._check_inputs(query, reference_points, input_flatten, input_padding_mask)
         batch, queries, _ = query.shape
         value_len = input_flatten.shape[1]
-        self._check_inputs(query, reference_points, input_flatten, input_padding_mask)
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
@@ -90,10 +97,8 @@ class MSDeformAttn(nn.Module):
         weights = F.softmax(weights, -1).view(
             batch, queries, self.n_heads, self.n_levels, self.n_points
         )
-        locations = self._sampling_locations(reference_points, offsets, input_spatial_shapes)
-        output = ms_deform_attn(
-            value, input_spatial_shapes, input_level_start_index, locations, weights
-        )
+        locations = self._sampling_locations(reference_points, offsets, spatial_shapes)
+        output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(output)
 
     def _sampling_locations(
@@ -113,6 +118,22 @@ class MSDeformAttn(nn.Module):
             size = size[..., 0::2] + size[..., 1::2]
         return reference_points[:, :, None, :, None, :2] + offsets / self.n_points * size * 0.5
 
+    def _level_tensor(self, name: str, levels, shape: tuple, input_flatten: Tensor) -> Tensor:
+        # Only shapes are checked: reading values would synchronise with a CUDA device (the
+        # kernels' binding checks them on the CPU).
+        if isinstance(levels, (list, tuple)):
+            levels = torch.as_tensor(levels, dtype=torch.int64, device=input_flatten.device)
+        if not isinstance(levels, Tensor):
+            raise TypeError(
+                f"{name} must be an int64 tensor or a list, got {type(levels).__name__}"
+            )
+        if tuple(levels.shape) != shape:
+            raise ValueError(
+                f"{name} must have shape {shape} (one per level, n_levels={self.n_levels}), "
+                f"got {tuple(levels.shape)}"
+            )
+        return levels
+
     def _check_inputs(self, query, reference_points, input_flatten, input_padding_mask) -> None:
         if query.dim() != 3 or query.shape[-1] != self.d_model:
             raise ValueError(
@@ -122,17 +143,13 @@ class MSDeformAttn(nn.Module):
             raise ValueError(
                 f"input_flatten must have shape (N, S, {self.d_model}), got {tuple(input_flatten.shape)}"
             )
-        expected = (query.shape[0], query.shape[1], self.n_levels)
-        if (
-            reference_points.dim() != 4
-            or tuple(reference_points.shape[:3]) != expected
-            or reference_points.shape[-1] not in (2, 4, 6)
-        ):
+        if input_flatten.shape[0] != query.shape[0]:
             raise ValueError(
-                f"reference_points must have shape {expected + (2,)}, {expected + (4,)} or "
-                f"{expected + (6,)}, "
-                f"got {tuple(reference_points.shape)}"
+                f"input_flatten has batch size {input_flatten.shape[0]} but query has "
+                f"{query.shape[0]}: input_flatten {tuple(input_flatten.shape)}, "
+                f"query {tuple(query.shape)}"
             )
+        self._check_reference_points(query, reference_points)
         if input_padding_mask is not None and tuple(input_padding_mask.shape) != tuple(
             input_flatten.shape[:2]
         ):
@@ -140,3 +157,28 @@ class MSDeformAttn(nn.Module):
                 f"input_padding_mask must have shape {tuple(input_flatten.shape[:2])}, "
                 f"got {tuple(input_padding_mask.shape)}"
             )
+
+    def _check_reference_points(self, query, reference_points) -> None:
+        expected = (query.shape[0], query.shape[1], self.n_levels)
+        if (
+            reference_points.dim() != 4
+            or tuple(reference_points.shape[:3]) != expected
+            or reference_points.shape[-1] not in (2, 4, 6)
+        ):
+            raise ValueError(
+                f"reference_points must have shape (N, Lq, n_levels, 2|4|6) = "
+                f"({', '.join(map(str, expected))}, 2|4|6) "
+                f"to match query (N, Lq) = {expected[:2]} and n_levels={self.n_levels}, "
+                f"got {tuple(reference_points.shape)}"
+            )
+
+
+def _check_mask_dtype(mask: Optional[Tensor]) -> None:
+    # Bool only, as officially: 0/1 masks disagree on which value marks padding (an attention
+    # mask's 1 means "attend"), so converting them would silently invert some.
+    if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool):
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(
+            f"input_padding_mask must be a bool tensor, True at padding, got {got}; "
+            f"for a 0/1 mask with 1 at padding pass mask.bool()"
+        )
