@@ -283,3 +283,11 @@ def test_checkpoints_with_args_load_exactly_and_bare_weights_warn(tmp_path):
     with pytest.warns(UserWarning, match="records no args.*nheads=8"):
         with pytest.raises(ValueError, match="group_num"):  # and then the guess does not fit
             load_monodetr_checkpoint(str(bare))
+
+
+def test_matcher_refuses_labels_that_are_not_integers():
+    outputs = {"pred_logits": torch.randn(2, 8, 3), "pred_boxes": torch.rand(2, 8, 6) * 0.3 + 0.2}
+    bad = targets()
+    bad[1]["labels"] = bad[1]["labels"].float() + 0.7  # .long() would silently truncate these
+    with pytest.raises(TypeError, match=r"targets\[1\]\['labels'\] must hold integer classes"):
+        MonoHungarianMatcher()(outputs, bad, group_num=2)
