@@ -118,39 +118,3 @@ def test_invalid_arguments(tmp_path):
         generate_synthetic_coco(tmp_path, num_train=1, num_val=1, num_classes=0)
     with pytest.raises(ValueError, match="image_format"):
         generate_synthetic_coco(tmp_path, num_train=1, num_val=1, image_format="gif")
-
-
-def build_synthetic(root, *overrides):
-    """The detection task's (train, val) sets of the demo preset, generated into ``root``."""
-    from deformdetr.configs import load_config
-    from deformdetr.engine.tasks import get_task
-
-    cfg = load_config("demo_synthetic", [f"data.root={root}", "data.synthetic.image_size=32",
-                                         "data.synthetic.num_val=2", *overrides])
-    return get_task(cfg).build_datasets(cfg)
-
-
-def test_changed_synthetic_settings_regenerate_the_set(tmp_path, capsys):
-    root = tmp_path / "data"
-    train, val = build_synthetic(root, "data.synthetic.num_train=8")
-    assert (len(train), len(val)) == (8, 2)
-    first = all_files(root)
-    capsys.readouterr()
-    build_synthetic(root, "data.synthetic.num_train=8")  # same settings: left as it is
-    assert all_files(root) == first and capsys.readouterr().err == ""
-
-    train, val = build_synthetic(root, "data.synthetic.num_train=4", "data.synthetic.seed=1")
-    assert (len(train), len(val)) == (4, 2)
-    err = capsys.readouterr().err
-    assert str(root) in err and "num_train 8 -> 4" in err and "seed 0 -> 1" in err
-    # the old set's files are replaced: no training image 5..8 is left behind
-    assert sorted(p.name for p in (root / "train2017").iterdir()) == [f"{i:012d}.jpg" for i in range(1, 5)]
-    train, _ = build_synthetic(root, "data.synthetic.num_train=16", "data.synthetic.seed=1")
-    assert len(train) == 16
-
-
-def test_a_set_without_a_record_of_its_settings_is_used_as_it_is(tmp_path, capsys):
-    root = tmp_path / "data"
-    generate_synthetic_coco(root, num_train=3, num_val=2, image_size=32, seed=0)
-    train, _ = build_synthetic(root, "data.synthetic.num_train=8")
-    assert len(train) == 3 and "as it is" in capsys.readouterr().err

@@ -116,30 +116,3 @@ def test_monodetr_step_on_a_synthetic_batch(synthetic):
     results = decode(outputs, calibs, img_sizes, threshold=0.0, img_ids=[i["img_id"] for i in infos])
     assert set(results) == {infos[0]["img_id"], infos[1]["img_id"]}
     assert all(len(row) == 14 for rows in results.values() for row in rows)
-
-
-def build_synthetic(root, *overrides):
-    """The mono3d task's (train, val) sets of the synthetic preset, generated into ``root``."""
-    from deformdetr.configs import load_config
-    from deformdetr.engine.tasks import get_task
-
-    cfg = load_config("monodetr_synthetic", [f"data.root={root}", "data.synthetic.image_size=[16,48]",
-                                             "data.synthetic.num_val=2", *overrides])
-    return get_task(cfg).build_datasets(cfg)
-
-
-def test_changed_synthetic_settings_regenerate_the_set(tmp_path, capsys):
-    root = tmp_path / "kitti"
-    train, val = build_synthetic(root, "data.synthetic.num_train=8")
-    assert (len(train), len(val)) == (8, 2)
-    first = all_files(root)
-    capsys.readouterr()
-    build_synthetic(root, "data.synthetic.num_train=8")  # same settings: left as it is
-    assert all_files(root) == first and capsys.readouterr().err == ""
-
-    train, val = build_synthetic(root, "data.synthetic.num_train=16")
-    assert (len(train), len(val)) == (16, 2) and "num_train 8 -> 16" in capsys.readouterr().err
-    train, val = build_synthetic(root, "data.synthetic.num_train=3")
-    assert (len(train), len(val)) == (3, 2) and val.idx_list == ["000003", "000004"]
-    # the old set's files are replaced: images 5..17 of the larger set are gone
-    assert sorted(p.name for p in (root / "training" / "image_2").iterdir()) == [f"{i:06d}.png" for i in range(5)]

@@ -1,0 +1,54 @@
+"""The tasks' data sets: synthetic sets are generated on first use and follow their settings."""
+
+import pytest
+
+from deformdetr.configs import load_config
+from deformdetr.data import generate_synthetic_coco
+from deformdetr.engine.tasks import get_task
+
+# preset, a small image size, the folder of the training images, their names for n images
+KINDS = {
+    "coco": ("demo_synthetic", "data.synthetic.image_size=32", "train2017",
+             lambda n: [f"{i:012d}.jpg" for i in range(1, n + 1)]),
+    # KITTI keeps the training and the 2 validation images in one folder
+    "kitti": ("monodetr_synthetic", "data.synthetic.image_size=[16,48]", "training/image_2",
+              lambda n: [f"{i:06d}.png" for i in range(n + 2)]),
+}
+
+
+def all_files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def build_synthetic(kind, root, *overrides):
+    preset, size, _, _ = KINDS[kind]
+    cfg = load_config(preset, [f"data.root={root}", size, "data.synthetic.num_val=2", *overrides])
+    return get_task(cfg).build_datasets(cfg)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_changed_synthetic_settings_regenerate_the_set(tmp_path, capsys, kind):
+    _, _, images, names = KINDS[kind]
+    root = tmp_path / "data"
+    train, val = build_synthetic(kind, root, "data.synthetic.num_train=8")
+    assert (len(train), len(val)) == (8, 2)
+    first = all_files(root)
+    capsys.readouterr()
+    build_synthetic(kind, root, "data.synthetic.num_train=8")  # same settings: left as it is
+    assert all_files(root) == first and capsys.readouterr().err == ""
+
+    train, val = build_synthetic(kind, root, "data.synthetic.num_train=4", "data.synthetic.seed=1")
+    assert (len(train), len(val)) == (4, 2)
+    err = capsys.readouterr().err
+    assert str(root) in err and "num_train 8 -> 4" in err and "seed 0 -> 1" in err
+    # the old set's files are replaced: none of the larger set's extra images is left behind
+    assert sorted(p.name for p in (root / images).iterdir()) == names(4)
+    train, _ = build_synthetic(kind, root, "data.synthetic.num_train=16", "data.synthetic.seed=1")
+    assert len(train) == 16
+
+
+def test_a_set_without_a_record_of_its_settings_is_used_as_it_is(tmp_path, capsys):
+    root = tmp_path / "data"
+    generate_synthetic_coco(root, num_train=3, num_val=2, image_size=32, seed=0)
+    train, _ = build_synthetic("coco", root, "data.synthetic.num_train=8")
+    assert len(train) == 3 and "as it is" in capsys.readouterr().err
