@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from deformdetr.models.deformable_detr import read_checkpoint
+from deformdetr.models.deformable_detr import model_state_of, read_checkpoint, state_dict_mismatches
 
 __all__ = [
     "save_atomic",
@@ -118,26 +118,12 @@ def load_training_checkpoint(path: str, map_location: Optional[str] = "cpu") -> 
     return read_checkpoint(path, map_location)
 
 
-def model_state_of(checkpoint: dict, path: str) -> dict:
-    """The model weights of a checkpoint in any of the layouts in use: ours and the official
-    Deformable DETR's ("model"), the official MonoDETR's ("model_state"), or a bare state dict."""
-    for key in ("model", "model_state"):
-        if key in checkpoint:
-            return checkpoint[key]
-    if checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
-        return checkpoint
-    raise ValueError(f"checkpoint {path!r} holds no model weights: no 'model' or 'model_state' entry "
-                     f"and not a bare state dict (its keys: {', '.join(list(map(str, checkpoint))[:8])})")
-
-
 def load_model_state(model: torch.nn.Module, state: dict, path: str) -> None:
     """load_state_dict(strict), with a short message when the weights do not fit the model: a few
     examples of each kind of mismatch instead of torch's hundreds of lines."""
+    missing, unexpected, resized_keys = state_dict_mismatches(model, state)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in resized_keys]
     if missing or unexpected or resized:
         parts = [f"{len(found)} {kind} (e.g. {', '.join(found[:3])})"
                  for kind, found in (("missing", missing), ("unexpected", unexpected),

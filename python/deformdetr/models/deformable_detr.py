@@ -308,8 +308,10 @@ def load_checkpoint(path: str, map_location="cpu", strict: bool = True, **overri
     ``strict=False``, weights missing from the file or of another shape (a new head) are left
     at their initialisation, with a warning naming them."""
     checkpoint = read_checkpoint(path, map_location)
-    state = checkpoint["model"] if "model" in checkpoint else checkpoint
-    given = {**_settings_from_args(checkpoint.get("args")), **overrides}
+    state = model_state_of(checkpoint, path)
+    # num_classes comes from the head (official args do not hold it).
+    given = {**settings_from_args(checkpoint.get("args"), DeformableDETRConfig, exclude=("num_classes",)),
+             **overrides}
     inferred = config_from_state_dict(state, nheads=given.get("nheads", 8), known=given)
     _warn_about_assumed_settings(path, given, two_stage=inferred["two_stage"])
     model = build_deformable_detr(make_config("multi_scale", **{**inferred, **given}))
@@ -328,13 +330,50 @@ _UNRECORDED = {
 def _warn_about_assumed_settings(path: str, given: dict, two_stage: bool) -> None:
     unrecorded = dict(_UNRECORDED, **({"num_queries": "a two-stage model has no query embedding"}
                                       if two_stage else {}))
-    assumed = {k: why for k, why in unrecorded.items() if k not in given}
+    defaults = DeformableDETRConfig()
+    warn_assumed_settings(path, "load_checkpoint", [f"{k}={getattr(defaults, k)} ({why})"
+                                                    for k, why in unrecorded.items() if k not in given])
+
+
+def warn_assumed_settings(path: str, loader: str, assumed: Sequence[str]) -> None:
+    """The warning of a loader that had to assume settings ("nheads=8 (why)") a checkpoint without
+    args cannot tell."""
     if assumed:
-        defaults = DeformableDETRConfig()
-        listed = "; ".join(f"{k}={getattr(defaults, k)} ({why})" for k, why in assumed.items())
         warnings.warn(f"{path}: the checkpoint records no args, so these settings are assumed at "
-                      f"the official defaults: {listed}. Pass the real ones to load_checkpoint if "
-                      f"the model was trained otherwise.", stacklevel=3)
+                      f"the official defaults: {'; '.join(assumed)}. Pass the real ones to {loader} "
+                      f"if the model was trained otherwise.", stacklevel=4)
+
+
+def settings_from_args(args, config_class, exclude: Sequence[str] = ()) -> dict:
+    """The model settings among a checkpoint's saved args (an argparse.Namespace, as officially,
+    or a dict, as the trainer saves them): those that are fields of ``config_class``."""
+    if args is None:
+        return {}
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    known = {f.name for f in fields(config_class)} - set(exclude)
+    return {k: v for k, v in values.items() if k in known}
+
+
+def model_state_of(checkpoint: dict, path: str) -> dict:
+    """The model weights of a checkpoint in any of the layouts in use: ours and the official
+    Deformable DETR's ("model"), the official MonoDETR's ("model_state"), or a bare state dict."""
+    for key in ("model", "model_state"):
+        if key in checkpoint:
+            return checkpoint[key]
+    if checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        return checkpoint
+    raise ValueError(f"checkpoint {path!r} holds no model weights: no 'model' or 'model_state' entry "
+                     f"and not a bare state dict (its keys: {', '.join(list(map(str, checkpoint))[:8])})")
+
+
+def state_dict_mismatches(model: nn.Module, state: dict) -> tuple[list, list, list]:
+    """The keys of ``state`` that do not fit the model: (missing from it, unknown to the model,
+    of another shape than the model's)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, resized
 
 
 def load_weights(model: nn.Module, state: dict, strict: bool, path: str) -> None:
@@ -343,14 +382,12 @@ def load_weights(model: nn.Module, state: dict, strict: bool, path: str) -> None
     if strict:
         model.load_state_dict(state)
         return
-    own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k not in own or tuple(v.shape) == tuple(own[k].shape)}
-    resized = sorted(set(state) - set(fitting))
-    result = model.load_state_dict(fitting, strict=False)
-    left_out = resized + list(result.missing_keys)
-    if left_out or result.unexpected_keys:
+    missing, unexpected, resized = state_dict_mismatches(model, state)
+    model.load_state_dict({k: v for k, v in state.items() if k not in resized}, strict=False)
+    left_out = resized + missing
+    if left_out or unexpected:
         warnings.warn(f"{path}: {len(left_out)} weights keep their initialisation (missing or of "
-                      f"another shape, e.g. {', '.join(left_out[:4])}); {len(result.unexpected_keys)} "
+                      f"another shape, e.g. {', '.join(left_out[:4])}); {len(unexpected)} "
                       f"entries of the file are unused", stacklevel=3)
 
 
@@ -368,14 +405,6 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict")
     return checkpoint
-
-
-def _settings_from_args(args) -> dict:
-    if args is None:
-        return {}
-    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    known = {f.name for f in fields(DeformableDETRConfig)} - {"num_classes"}  # from the head
-    return {k: v for k, v in values.items() if k in known}
 
 
 def config_from_state_dict(state: dict, nheads: int = 8, known: Iterable[str] = ()) -> dict:

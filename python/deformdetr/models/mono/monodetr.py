@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Union
 
@@ -22,7 +21,10 @@ from deformdetr.models.deformable_detr import (
     _points_per_head,
     _rows_of,
     load_weights,
+    model_state_of,
     read_checkpoint,
+    settings_from_args,
+    warn_assumed_settings,
 )
 from deformdetr.models.deformable_transformer import inverse_sigmoid
 from deformdetr.models.mono.depth_predictor import DepthPredictor
@@ -272,12 +274,8 @@ def load_monodetr_checkpoint(path: str, map_location="cpu", strict: bool = True,
     from the state dict's keys and shapes; ``overrides`` settle what they cannot tell
     (``group_num``: the query rows are num_queries x group_num; ``nheads``; ``depth_min``)."""
     checkpoint = read_checkpoint(path, map_location)
-    state = checkpoint
-    for key in ("model_state", "model"):
-        if isinstance(checkpoint.get(key), dict):
-            state = checkpoint[key]
-            break
-    given = {**_settings_from_args(checkpoint.get("args")), **overrides}
+    state = model_state_of(checkpoint, path)
+    given = {**settings_from_args(checkpoint.get("args"), MonoDETRConfig), **overrides}
     # The official files ({"model_state": ...}) come from the one official configuration, whose
     # fixed values are the defaults; any other file without args may have been trained otherwise.
     if "model_state" not in checkpoint:
@@ -290,26 +288,15 @@ def load_monodetr_checkpoint(path: str, map_location="cpu", strict: bool = True,
     return model
 
 
-def _settings_from_args(args) -> dict:
-    if args is None:
-        return {}
-    values = dict(args)
-    return {k: v for k, v in values.items() if k in {f.name for f in fields(MonoDETRConfig)}}
-
-
 # What a state dict cannot tell (query rows are num_queries x group_num; heads and points per head
 # multiply into one weight shape): assumed at the official values when nothing gives them.
 _UNRECORDED = ("nheads", "depth_encoder_nheads", "group_num")
 
 
 def _warn_about_assumed_settings(path: str, given: dict) -> None:
-    assumed = [k for k in _UNRECORDED if k not in given]
-    if assumed:
-        defaults = MonoDETRConfig()
-        listed = ", ".join(f"{k}={getattr(defaults, k)}" for k in assumed)
-        warnings.warn(f"{path}: the checkpoint records no args and is not in the official layout, so "
-                      f"{listed} are assumed (a state dict cannot tell them). Pass the real ones to "
-                      f"load_monodetr_checkpoint if the model was trained otherwise.", stacklevel=3)
+    defaults = MonoDETRConfig()
+    warn_assumed_settings(path, "load_monodetr_checkpoint",
+                          [f"{k}={getattr(defaults, k)}" for k in _UNRECORDED if k not in given])
 
 
 def monodetr_config_from_state_dict(state: dict, nheads: int = 8, group_num: int = 11,
