@@ -136,8 +136,10 @@ def _image_paths(inputs) -> list[str]:
 
 
 def _earlier_drawings(folder: str) -> set:
+    from deformdetr.engine.predict import PREDICTIONS_NAME
+
     try:
-        with open(os.path.join(folder, "predictions.json")) as handle:
+        with open(os.path.join(folder, PREDICTIONS_NAME)) as handle:
             records = json.load(handle)
         return {os.path.abspath(r["png"]) for r in records if isinstance(r, dict) and "png" in r}
     except (OSError, ValueError, TypeError):

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-__all__ = ["PRESETS", "ConfigError", "load_config", "apply_overrides", "preset_names"]
+__all__ = ["PRESETS", "ConfigError", "load_config", "apply_overrides", "parse_device", "preset_names"]
 
 
 class ConfigError(ValueError):
@@ -211,17 +211,18 @@ def _check(config: dict) -> None:
     if minutes is not None and minutes < 0:
         raise ConfigError(f"train.max_minutes must be 0 or more (0: stop after one epoch; null: no "
                           f"limit), got {minutes!r}")
-    _check_device(config["device"])
+    if config["device"] != "auto":
+        parse_device(config["device"])
 
 
-def _check_device(spec: Any) -> None:
+def parse_device(spec: Any):
+    """A device setting (cpu, cuda, cuda:N) as a torch.device, or a ConfigError."""
     import torch
 
-    if spec == "auto":
-        return
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
-    if device.type not in ("cpu", "cuda"):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    return device

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
 import warnings
@@ -18,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
+from deformdetr.configs import parse_device
 from deformdetr.engine import distributed as dist
 from deformdetr.engine.checkpoint import (
     load_model_state,
@@ -30,6 +30,7 @@ from deformdetr.engine.checkpoint import (
 )
 from deformdetr.engine.tasks import get_task
 from deformdetr.engine.outputs import as_float32
+from deformdetr.models.criterion import is_layer_copy
 
 __all__ = ["resolve_device", "train", "train_one_epoch", "evaluate_checkpoint"]
 
@@ -40,10 +41,7 @@ LOG_NAME = "log.jsonl"
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    device = parse_device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {spec!r} asked for, but torch sees no CUDA device "
                          f"(CUDA build of torch: {torch.version.cuda is not None})")
@@ -113,13 +111,10 @@ def train_one_epoch(task, model, criterion, loader, optimizer, device, epoch: in
         count += 1
         totals["loss"] = totals.get("loss", 0.0) + loss.item()
         for key in losses:
-            if not _PER_LAYER_COPY.search(key):  # loss_ce_0, loss_ce_enc: the final layer's suffice
+            if not is_layer_copy(key):  # loss_ce_0, loss_ce_enc: the final layer's suffice
                 totals[key] = totals.get(key, 0.0) + float(losses[key].detach())
         bar.set_postfix(loss=f"{totals['loss'] / count:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
     return {k: v / max(count, 1) for k, v in totals.items()}
-
-
-_PER_LAYER_COPY = re.compile(r"_(\d+|enc)$")
 
 
 def _write_log(output_dir: str, record: dict) -> None:

@@ -189,6 +189,11 @@ def _checked_boxes(i: int, key: str, boxes, count: int, width: int) -> Tensor:
 _LAYER_KEY = re.compile(r"^(?P<base>.+)_(?P<layer>\d+|enc)$")
 
 
+def is_layer_copy(key: str) -> bool:
+    """Whether a loss key is a per-layer copy (``loss_ce_0``, ``loss_ce_enc``) of a final loss."""
+    return _LAYER_KEY.match(key) is not None
+
+
 def _check_layer_weights(weight_dict: Mapping[str, float], losses: Mapping[str, Tensor]) -> None:
     """Raises ValueError when ``losses`` hold a per-layer copy (``loss_ce_1``, ``loss_ce_enc``)
     of a weighted loss that ``weight_dict`` has no weight for: the criterion was built for fewer
