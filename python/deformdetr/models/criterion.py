@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deformdetr.models.matcher import HungarianMatcher
+from deformdetr.models.matcher import HungarianMatcher, checked_boxes, checked_labels
 from deformdetr.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 __all__ = ["SetCriterion", "sigmoid_focal_loss", "official_weight_dict", "build_criterion"]
@@ -114,11 +114,11 @@ class SetCriterion(nn.Module):
 
     def _checked_target(self, i: int, target: Mapping[str, Tensor]) -> dict:
         checked = dict(target)
-        checked["labels"] = _checked_labels(i, target["labels"])
+        checked["labels"] = checked_labels(i, target["labels"])
         count = checked["labels"].shape[0]
         for key, width in self.target_box_widths.items():
             if key in target:  # a missing key fails in the loss that needs it
-                checked[key] = _checked_boxes(i, key, target[key], count, width)
+                checked[key] = checked_boxes(i, key, target[key], count, width)
         return checked
 
     def forward(self, outputs: Mapping, targets: Sequence[Mapping[str, Tensor]]) -> dict:
@@ -159,30 +159,6 @@ class SetCriterion(nn.Module):
         weighted loss's per-layer copy without a weight is an error: see :func:`_check_layer_weights`."""
         _check_layer_weights(self.weight_dict, losses)
         return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)
-
-
-def _checked_labels(i: int, labels) -> Tensor:
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"targets[{i}]['labels'] must be a tensor, got {type(labels).__name__}")
-    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"targets[{i}]['labels'] must hold integer classes, got dtype {labels.dtype}")
-    if labels.dim() != 1:
-        raise ValueError(f"targets[{i}]['labels'] must have shape (T,), got {tuple(labels.shape)}")
-    return labels.long()  # the same tensor when already int64
-
-
-def _checked_boxes(i: int, key: str, boxes, count: int, width: int) -> Tensor:
-    if not isinstance(boxes, Tensor):
-        raise TypeError(f"targets[{i}][{key!r}] must be a tensor, got {type(boxes).__name__}")
-    if count == 0 and boxes.numel() == 0:
-        # An image without objects is often written torch.zeros(0); the losses index (T, width).
-        return boxes.reshape(0, width)
-    if tuple(boxes.shape) != (count, width):
-        raise ValueError(
-            f"targets[{i}][{key!r}] must have shape (T, {width}) = ({count}, {width}) to match its "
-            f"{count} labels, got {tuple(boxes.shape)}"
-        )
-    return boxes
 
 
 #: A per-layer copy of a loss: "<loss>_<decoder layer>" or "<loss>_enc".

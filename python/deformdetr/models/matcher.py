@@ -107,23 +107,9 @@ def _targets(
         raise ValueError(f"got {len(targets)} targets for a batch of {batch} images")
     labels, boxes, sizes = [], [], []
     for i, target in enumerate(targets):
-        image_labels, image_boxes = target["labels"], target["boxes"]
-        if image_labels.dim() != 1:
-            raise ValueError(
-                f"targets[{i}]['labels'] must have shape (T,), got {tuple(image_labels.shape)}"
-            )
-        if image_labels.is_floating_point() or image_labels.is_complex():
-            raise TypeError(
-                f"targets[{i}]['labels'] must hold integer classes, got dtype {image_labels.dtype}"
-            )
+        image_labels = checked_labels(i, target["labels"])
         count = image_labels.shape[0]
-        if count == 0 and image_boxes.numel() == 0:
-            image_boxes = image_boxes.reshape(0, 4)
-        if image_boxes.dim() != 2 or image_boxes.shape != (count, 4):
-            raise ValueError(
-                f"targets[{i}]['boxes'] must have shape (T, 4) = ({count}, 4) to match its "
-                f"{count} labels, got {tuple(image_boxes.shape)}"
-            )
+        image_boxes = checked_boxes(i, "boxes", target["boxes"], count, 4)
         labels.append(image_labels)
         boxes.append(image_boxes)
         sizes.append(count)
@@ -135,3 +121,30 @@ def _targets(
 def _to_host(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     # One copy per tensor for the whole batch, whatever device the model runs on.
     return dense(tensor.detach().to(device="cpu", dtype=dtype))
+
+
+def checked_labels(i: int, labels) -> Tensor:
+    """targets[i]["labels"] as int64, or an error naming it: any integer dtype is taken (uint8
+    would otherwise index as a boolean mask), floats, bools and complex numbers are refused."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"targets[{i}]['labels'] must be a tensor, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"targets[{i}]['labels'] must hold integer classes, got dtype {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"targets[{i}]['labels'] must have shape (T,), got {tuple(labels.shape)}")
+    return labels.long()  # the same tensor when already int64
+
+
+def checked_boxes(i: int, key: str, boxes, count: int, width: int) -> Tensor:
+    """targets[i][key] as (count, width), or an error naming it."""
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"targets[{i}][{key!r}] must be a tensor, got {type(boxes).__name__}")
+    if count == 0 and boxes.numel() == 0:
+        # An image without objects is often written torch.zeros(0); the losses index (T, width).
+        return boxes.reshape(0, width)
+    if tuple(boxes.shape) != (count, width):
+        raise ValueError(
+            f"targets[{i}][{key!r}] must have shape (T, {width}) = ({count}, {width}) to match its "
+            f"{count} labels, got {tuple(boxes.shape)}"
+        )
+    return boxes

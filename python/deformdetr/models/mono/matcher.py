@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from deformdetr.models.criterion import _checked_labels
+from deformdetr.models.matcher import checked_labels
 from deformdetr.ops.boxes import box_cxcylrtb_to_xyxy, generalized_box_iou
 from deformdetr.ops.matching import batched_linear_sum_assignment
 
@@ -38,7 +38,7 @@ class MonoHungarianMatcher(nn.Module):
         batch, queries = outputs["pred_boxes"].shape[:2]
         prob = outputs["pred_logits"].flatten(0, 1).sigmoid()
         boxes = outputs["pred_boxes"].flatten(0, 1)
-        labels = torch.cat([_checked_labels(i, t["labels"]) for i, t in enumerate(targets)]).to(prob.device)
+        labels = torch.cat([checked_labels(i, t["labels"]) for i, t in enumerate(targets)]).to(prob.device)
         target_boxes = torch.cat([t["boxes_3d"] for t in targets]).to(boxes)
         alpha, gamma = self.focal_alpha, 2.0
         neg = (1 - alpha) * (prob**gamma) * (-(1 - prob + 1e-8).log())
