@@ -150,18 +150,18 @@ def _load_for_prediction(checkpoint_path: str):
     """(model, eval transform, class names) from a trainer checkpoint or an official one."""
 
     from deformdetr.data.transforms import make_coco_transforms
-    from deformdetr.engine.checkpoint import load_model_state, load_training_checkpoint
+    from deformdetr.models.checkpoint import load_weights, read_checkpoint
     from deformdetr.engine.tasks import get_task
     from deformdetr.engine.tasks.detection import transform_settings
     from deformdetr.models import load_checkpoint
 
-    state = load_training_checkpoint(checkpoint_path)
+    state = read_checkpoint(checkpoint_path)
     if "config" in state:
         cfg = state["config"]
         if cfg["task"] != "detection":
             raise SystemExit(f"predict draws 2D detections; this checkpoint is a {cfg['task']} model")
         model, _ = get_task(cfg).build_model(cfg, load_pretrained=False)
-        load_model_state(model, state["model"], checkpoint_path)
+        load_weights(model, state["model"], checkpoint_path)
         transform = make_coco_transforms("val", **transform_settings(cfg["data"]))
         return model, transform, state.get("class_names", {})
     return load_checkpoint(checkpoint_path), make_coco_transforms("val"), {}

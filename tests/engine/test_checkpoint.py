@@ -1,6 +1,5 @@
-"""Checkpoints: atomic writes, RNG state round trips, official files readable."""
+"""Training checkpoints: atomic writes, RNG state round trips."""
 
-import argparse
 import os
 import random
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from deformdetr.engine import checkpoint as ckpt
+from deformdetr.models.checkpoint import read_checkpoint
 
 
 def test_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_atomic({"epoch": 2}, str(path))
     monkeypatch.undo()
-    assert ckpt.load_training_checkpoint(str(path))["epoch"] == 1
+    assert read_checkpoint(str(path))["epoch"] == 1
     assert os.listdir(tmp_path) == ["checkpoint.pth"]
 
 
@@ -31,7 +31,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     state = ckpt.rng_state()
     expected = (torch.rand(3), np.random.rand(2), random.random())
     ckpt.save_atomic({"rng": state}, str(tmp_path / "rng.pth"))
-    ckpt.restore_rng_state(ckpt.load_training_checkpoint(str(tmp_path / "rng.pth"))["rng"])
+    ckpt.restore_rng_state(read_checkpoint(str(tmp_path / "rng.pth"))["rng"])
     again = (torch.rand(3), np.random.rand(2), random.random())
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
     assert expected[2] == again[2]
@@ -43,19 +43,3 @@ def test_preserved_rng_undoes_randomness_used_inside():
         torch.rand(5), np.random.rand(), random.random()
     after = ckpt.rng_state()
     assert torch.equal(before["torch"], after["torch"]) and before["python"] == after["python"]
-
-
-def test_official_checkpoints_with_namespace_args_are_readable(tmp_path):
-    path = tmp_path / "official.pth"
-    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=2e-4)}, path)
-    assert ckpt.load_training_checkpoint(str(path))["args"].lr == 2e-4
-
-
-def test_truncated_or_missing_checkpoints_raise_clear_errors(tmp_path):
-    path = tmp_path / "truncated.pth"
-    ckpt.save_atomic({"epoch": 1, "model": {"w": torch.zeros(1000)}}, str(path))
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match="truncated"):
-        ckpt.load_training_checkpoint(str(path))
-    with pytest.raises(FileNotFoundError):
-        ckpt.load_training_checkpoint(str(tmp_path / "missing.pth"))

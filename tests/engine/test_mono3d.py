@@ -6,7 +6,7 @@ import pytest
 
 from deformdetr.cli import main
 from deformdetr.data import generate_synthetic_kitti
-from deformdetr.engine.checkpoint import load_training_checkpoint
+from deformdetr.models.checkpoint import read_checkpoint
 from deformdetr.eval import read_kitti_result_dir
 
 TINY_MONO = ["data.num_workers=0", "train.batch_size=4", "train.epochs=1", "device=cpu",
@@ -28,7 +28,7 @@ def test_monodetr_trains_and_evaluates_on_synthetic_kitti(tmp_path, kitti_root):
     assert "test_Car_3d_moderate_R40" in record and "test_Pedestrian_bev_hard_R40" in record
     assert 0.0 <= record["test_Car_3d_moderate_R40"] <= 100.0
     checkpoint = out / "checkpoint.pth"
-    assert load_training_checkpoint(str(checkpoint))["config"]["task"] == "mono3d"
+    assert read_checkpoint(str(checkpoint))["config"]["task"] == "mono3d"
     metrics, results = tmp_path / "metrics.json", tmp_path / "results"
     assert main(["eval", "--config", "monodetr_synthetic", "--checkpoint", str(checkpoint), "--json", str(metrics),
                  "--results-dir", str(results), *overrides]) == 0
@@ -64,7 +64,7 @@ def test_monodetr_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, kit
     def run(name, epochs, *extra):
         args = ["train", "--config", "monodetr_synthetic", "--output-dir", str(tmp_path / name), *extra]
         assert main([*args, *overrides, f"train.epochs={epochs}"]) == 0
-        return load_training_checkpoint(str(tmp_path / name / "checkpoint.pth"))
+        return read_checkpoint(str(tmp_path / name / "checkpoint.pth"))
 
     straight = run("straight", 2)
     run("resumed", 1)

@@ -12,7 +12,7 @@ import torch
 
 from deformdetr.cli import main
 from deformdetr.configs import load_config
-from deformdetr.engine.checkpoint import load_training_checkpoint
+from deformdetr.models.checkpoint import read_checkpoint
 from deformdetr.engine.trainer import train
 
 
@@ -24,7 +24,7 @@ def test_cli_train_eval_predict_end_to_end(tmp_path, tiny_overrides, synthetic_r
     assert all("test_AP50" in r and "train_loss" in r for r in records)
     assert (out / "curves.png").stat().st_size > 0
     checkpoint = out / "checkpoint.pth"
-    state = load_training_checkpoint(str(checkpoint))
+    state = read_checkpoint(str(checkpoint))
     assert state["epoch"] == 1 and state["class_names"][1] == "circle"
 
     metrics = tmp_path / "metrics.json"
@@ -48,11 +48,11 @@ def test_resume_gives_the_parameters_of_an_uninterrupted_run(tmp_path, tiny_over
     first = load_config("demo_synthetic", tiny_overrides + [f"output_dir={tmp_path / 'split'}",
                                                             "train.max_minutes=0", "train.eval_every=2"])
     train(first, progress=False)
-    assert load_training_checkpoint(str(tmp_path / "split" / "checkpoint.pth"))["epoch"] == 0
+    assert read_checkpoint(str(tmp_path / "split" / "checkpoint.pth"))["epoch"] == 0
     rest = load_config("demo_synthetic", tiny_overrides + [f"output_dir={tmp_path / 'split'}", "train.eval_every=2"])
     train(rest, resume=str(tmp_path / "split" / "checkpoint.pth"), progress=False)
-    a = load_training_checkpoint(str(tmp_path / "whole" / "checkpoint.pth"))
-    b = load_training_checkpoint(str(tmp_path / "split" / "checkpoint.pth"))
+    a = read_checkpoint(str(tmp_path / "whole" / "checkpoint.pth"))
+    b = read_checkpoint(str(tmp_path / "split" / "checkpoint.pth"))
     assert a["epoch"] == b["epoch"] == 1
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -84,7 +84,7 @@ def test_killed_run_leaves_the_last_good_checkpoint_loadable(tmp_path, tiny_over
     time.sleep(1.0)  # well into later epochs and their checkpoint writes
     process.send_signal(signal.SIGKILL)
     process.wait()
-    state = load_training_checkpoint(str(checkpoint))
+    state = read_checkpoint(str(checkpoint))
     assert state["epoch"] >= 0 and "model" in state
 
 
@@ -109,7 +109,7 @@ def test_two_process_gloo_ddp_run(tmp_path, tiny_overrides):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = [json.loads(line) for line in open(out / "log.jsonl")]
     assert len(records) == 1 and "test_AP" in records[0]  # one log, written by rank 0 only
-    assert load_training_checkpoint(str(out / "checkpoint.pth"))["epoch"] == 0
+    assert read_checkpoint(str(out / "checkpoint.pth"))["epoch"] == 0
 
 
 def _train_cli(out, overrides, *extra):
@@ -142,7 +142,7 @@ def test_runs_are_not_replaced_or_corrupted_by_mistakes(tmp_path, tiny_overrides
 
     # Weights alone are not a training checkpoint; they evaluate fine, with any preset's settings.
     weights = tmp_path / "weights.pth"
-    torch.save(load_training_checkpoint(str(checkpoint))["model"], weights)
+    torch.save(read_checkpoint(str(checkpoint))["model"], weights)
     assert _train_cli(tmp_path / "other", one_epoch, "--resume", str(weights)) == 2
     assert "not a training checkpoint" in capsys.readouterr().err
     assert main(["eval", "--config", "demo_synthetic", "--checkpoint", str(weights), *tiny_overrides]) == 0
@@ -169,7 +169,7 @@ def test_resume_follows_a_changed_lr_drop(tmp_path, tiny_overrides):
     train(load_config("demo_synthetic", [*dropping, f"output_dir={tmp_path / 'b'}"]),
           resume=os.path.join(first["output_dir"], "checkpoint.pth"), progress=False)
     # Both runs trained epoch 0 at the base lr and epoch 1 at the dropped one: the same weights.
-    states = [load_training_checkpoint(str(tmp_path / run / "checkpoint.pth"))["model"] for run in "ab"]
+    states = [read_checkpoint(str(tmp_path / run / "checkpoint.pth"))["model"] for run in "ab"]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     lrs = [[json.loads(line)["lr"] for line in open(tmp_path / run / "log.jsonl")] for run in "ab"]
     assert lrs[0][1] == lrs[1][1] < lrs[0][0]  # the lr in effect after each epoch

@@ -122,10 +122,10 @@ def test_load_checkpoint_infers_the_variant_from_keys_alone(tmp_path):
     assert (config.num_classes, config.num_queries, config.dec_layers, config.hidden_dim) == (5, 12, 2, 64)
 
 
-def test_load_checkpoint_rejects_files_that_are_not_deformable_detr(tmp_path):
+def test_load_checkpoint_rejects_weights_of_no_known_detector(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"model": {"weight": torch.zeros(2)}}, path)
-    with pytest.raises(ValueError, match="not a Deformable DETR state dict"):
+    with pytest.raises(ValueError, match="belong to no detector deformdetr knows"):
         load_checkpoint(str(path))
 
 

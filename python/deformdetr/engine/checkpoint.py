@@ -1,4 +1,5 @@
-"""Training checkpoints: written atomically, and complete enough to resume exactly."""
+"""Training checkpoints: written atomically, and complete enough to resume exactly. (Reading
+them, and loading weights, is deformdetr.models.checkpoint's.)"""
 
 from __future__ import annotations
 
@@ -7,22 +8,22 @@ import os
 import random
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
-from deformdetr.models.deformable_detr import model_state_of, read_checkpoint, state_dict_mismatches
+from deformdetr._deprecated import moved_names
 
 __all__ = [
     "save_atomic",
-    "load_training_checkpoint",
-    "model_state_of",
-    "load_model_state",
     "rng_state",
     "restore_rng_state",
     "preserved_rng",
 ]
+
+__getattr__ = moved_names(__name__, {"load_training_checkpoint": "deformdetr.models.checkpoint:read_checkpoint",
+                                     "model_state_of": "deformdetr.models.checkpoint:model_state_of"})
 
 
 def save_atomic(obj: Any, path: str) -> None:
@@ -110,25 +111,3 @@ def preserved_rng():
         yield
     finally:
         restore_rng_state(state)
-
-
-def load_training_checkpoint(path: str, map_location: Optional[str] = "cpu") -> dict:
-    """A checkpoint written by the trainer (model, optimizer, lr_scheduler, epoch, rng, config),
-    or an official one (model, args, ...)."""
-    return read_checkpoint(path, map_location)
-
-
-def load_model_state(model: torch.nn.Module, state: dict, path: str) -> None:
-    """load_state_dict(strict), with a short message when the weights do not fit the model: a few
-    examples of each kind of mismatch instead of torch's hundreds of lines."""
-    missing, unexpected, resized_keys = state_dict_mismatches(model, state)
-    own = model.state_dict()
-    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in resized_keys]
-    if missing or unexpected or resized:
-        parts = [f"{len(found)} {kind} (e.g. {', '.join(found[:3])})"
-                 for kind, found in (("missing", missing), ("unexpected", unexpected),
-                                     ("of another shape, checkpoint vs model", resized)) if found]
-        raise ValueError(f"the weights in {path!r} do not fit the model this config builds: "
-                         f"{'; '.join(parts)}. Use the config (preset and model.* settings) the "
-                         f"checkpoint was trained with.")
-    model.load_state_dict(state)

@@ -19,22 +19,16 @@ from tqdm import tqdm
 
 from deformdetr.configs import parse_device
 from deformdetr.engine import distributed as dist
-from deformdetr.engine.checkpoint import (
-    load_model_state,
-    load_training_checkpoint,
-    model_state_of,
-    preserved_rng,
-    restore_rng_state,
-    rng_state,
-    save_atomic,
-)
+from deformdetr.engine.checkpoint import preserved_rng, restore_rng_state, rng_state, save_atomic
 from deformdetr.engine.tasks import get_task
 from deformdetr.engine.outputs import as_float32
+from deformdetr.models.checkpoint import load_weights, model_state_of, read_checkpoint
 from deformdetr.models.criterion import is_layer_copy
 
 __all__ = ["resolve_device", "train", "train_one_epoch", "evaluate_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
+_SAME_CONFIG = "Use the config (preset and model.* settings) the checkpoint was trained with."
 LOG_NAME = "log.jsonl"
 
 
@@ -188,7 +182,7 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
     _seed_everything(seed)
 
     task = get_task(cfg)
-    checkpoint = load_training_checkpoint(resume) if resume else None
+    checkpoint = read_checkpoint(resume) if resume else None
     if checkpoint is not None:
         _check_resumable(checkpoint, resume)
     # Data first, so that its errors come before any model is built or weights are downloaded.
@@ -205,7 +199,7 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
     scheduler = task.build_scheduler(optimizer, train_cfg)
     start_epoch = 0
     if checkpoint is not None:
-        load_model_state(model, checkpoint["model"], resume)
+        load_weights(model, checkpoint["model"], resume, hint=_SAME_CONFIG)
         start_epoch = checkpoint["epoch"] + 1
         _restore_optimization(optimizer, scheduler, checkpoint, resume, start_epoch)
     if dist.is_main_process():
@@ -278,10 +272,10 @@ def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[s
         if cfg["task"] != "mono3d":
             raise ValueError("results_dir (KITTI result files) is for mono3d configs")
         task.results_dir = results_dir
-    state = load_training_checkpoint(checkpoint_path)
+    state = read_checkpoint(checkpoint_path)
     cfg = _with_model_of_checkpoint(cfg, state, checkpoint_path)
     model, _ = task.build_model(cfg, load_pretrained=False)
-    load_model_state(model, model_state_of(state, checkpoint_path), checkpoint_path)
+    load_weights(model, model_state_of(state, checkpoint_path), checkpoint_path, hint=_SAME_CONFIG)
     model.to(device)
     _, val_set = task.build_datasets(cfg)
     loader = _loader(val_set, task.collate_fn, cfg["train"]["batch_size"], False, cfg["data"]["num_workers"], 0, 0)

@@ -1,12 +1,7 @@
 """Deformable DETR and MonoDETR models and their training components."""
 
-from deformdetr.models.deformable_detr import (
-    VARIANTS,
-    DeformableDETR,
-    DeformableDETRConfig,
-    deformable_detr,
-    load_checkpoint,
-)
+from deformdetr.models.checkpoint import WeightReport, load_checkpoint, read_checkpoint
+from deformdetr.models.deformable_detr import VARIANTS, DeformableDETR, DeformableDETRConfig, deformable_detr
 from deformdetr.models.criterion import SetCriterion, build_criterion, sigmoid_focal_loss
 from deformdetr.models.matcher import HungarianMatcher
 from deformdetr.models.postprocess import PostProcess
@@ -17,6 +12,8 @@ __all__ = [
     "DeformableDETRConfig",
     "deformable_detr",
     "load_checkpoint",
+    "read_checkpoint",
+    "WeightReport",
     "HungarianMatcher",
     "SetCriterion",
     "build_criterion",

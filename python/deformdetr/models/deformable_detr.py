@@ -3,11 +3,8 @@ of official checkpoints. Module and parameter names equal the official implement
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
-import os
-import warnings
 from dataclasses import dataclass, fields, replace
 from typing import Iterable, Optional, Sequence, Union
 
@@ -15,7 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deformdetr._deprecated import moved_names
 from deformdetr.models.backbone import Backbone, Joiner, load_backbone_weights
+from deformdetr.models.checkpoint import (
+    CheckpointError,
+    Family,
+    backbone_settings,
+    model_state_of,
+    register_family,
+    rows_of,
+    transformer_settings,
+)
 from deformdetr.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
 from deformdetr.models.nested import as_padded_batch, check_images, resize_mask
 from deformdetr.models.position_encoding import build_position_encoding
@@ -27,9 +34,11 @@ __all__ = [
     "VARIANTS",
     "deformable_detr",
     "build_deformable_detr",
-    "load_checkpoint",
-    "read_checkpoint",
+    "config_from_state_dict",
 ]
+
+__getattr__ = moved_names(__name__, {name: f"deformdetr.models.checkpoint:{name}" for name in (
+    "load_checkpoint", "read_checkpoint", "model_state_of", "settings_from_args", "state_dict_mismatches")})
 
 
 class MLP(nn.Module):
@@ -299,24 +308,24 @@ def _check_sizes(config) -> None:
         raise ValueError(f"hidden_dim ({config.hidden_dim}) must be divisible by nheads ({config.nheads})")
 
 
-def load_checkpoint(path: str, map_location="cpu", strict: bool = True, **overrides) -> DeformableDETR:
-    """Builds the model an official (or deformdetr) checkpoint file was saved from and loads its
-    weights. The variant comes from the checkpoint's saved ``args`` when present, otherwise from
-    the state dict's keys and shapes; ``overrides`` settle what keys cannot tell (``nheads``,
-    ``dilation``, a two-stage model's ``num_queries``: assumed at the official defaults, with a
-    warning) and replace what they can (``num_classes=7`` for fine-tuning). With
-    ``strict=False``, weights missing from the file or of another shape (a new head) are left
-    at their initialisation, with a warning naming them."""
-    checkpoint = read_checkpoint(path, map_location)
-    state = model_state_of(checkpoint, path)
-    # num_classes comes from the head (official args do not hold it).
-    given = {**settings_from_args(checkpoint.get("args"), DeformableDETRConfig, exclude=("num_classes",)),
-             **overrides}
-    inferred = config_from_state_dict(state, nheads=given.get("nheads", 8), known=given)
-    _warn_about_assumed_settings(path, given, two_stage=inferred["two_stage"])
-    model = build_deformable_detr(make_config("multi_scale", **{**inferred, **given}))
-    load_weights(model, state, strict, path)
-    return model
+def config_from_state_dict(state: dict, nheads: int = 8, known: Iterable[str] = ()) -> dict:
+    """The settings a state dict's keys and shapes determine. The attention projections give
+    heads x levels x points together, so the points per head follow from ``nheads``. Settings in
+    ``known`` are not read from the state dict (whose head may be missing, for fine-tuning)."""
+    if FAMILY.marker not in state:
+        raise CheckpointError(f"not a Deformable DETR state dict: no {FAMILY.marker!r}")
+    two_stage = "transformer.enc_output.weight" in state
+    settings = dict(
+        **transformer_settings(state, "transformer", nheads),
+        **backbone_settings(state),
+        with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
+        two_stage=two_stage,
+    )
+    if "num_classes" not in known:
+        settings["num_classes"] = rows_of(state, "class_embed.0.weight", "num_classes")
+    if not two_stage and "num_queries" not in known:
+        settings["num_queries"] = rows_of(state, "query_embed.weight", "num_queries")
+    return settings
 
 
 # What a state dict cannot tell, and why; assumed at the official defaults when neither the
@@ -327,143 +336,20 @@ _UNRECORDED = {
 }
 
 
-def _warn_about_assumed_settings(path: str, given: dict, two_stage: bool) -> None:
+def _assumed_settings(checkpoint: dict, given: dict) -> list:
+    two_stage = "transformer.enc_output.weight" in model_state_of(checkpoint, "")
     unrecorded = dict(_UNRECORDED, **({"num_queries": "a two-stage model has no query embedding"}
                                       if two_stage else {}))
     defaults = DeformableDETRConfig()
-    warn_assumed_settings(path, "load_checkpoint", [f"{k}={getattr(defaults, k)} ({why})"
-                                                    for k, why in unrecorded.items() if k not in given])
+    return [f"{k}={getattr(defaults, k)} ({why})" for k, why in unrecorded.items() if k not in given]
 
 
-def warn_assumed_settings(path: str, loader: str, assumed: Sequence[str]) -> None:
-    """The warning of a loader that had to assume settings ("nheads=8 (why)") a checkpoint without
-    args cannot tell."""
-    if assumed:
-        warnings.warn(f"{path}: the checkpoint records no args, so these settings are assumed at "
-                      f"the official defaults: {'; '.join(assumed)}. Pass the real ones to {loader} "
-                      f"if the model was trained otherwise.", stacklevel=4)
-
-
-def settings_from_args(args, config_class, exclude: Sequence[str] = ()) -> dict:
-    """The model settings among a checkpoint's saved args (an argparse.Namespace, as officially,
-    or a dict, as the trainer saves them): those that are fields of ``config_class``."""
-    if args is None:
-        return {}
-    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    known = {f.name for f in fields(config_class)} - set(exclude)
-    return {k: v for k, v in values.items() if k in known}
-
-
-def model_state_of(checkpoint: dict, path: str) -> dict:
-    """The model weights of a checkpoint in any of the layouts in use: ours and the official
-    Deformable DETR's ("model"), the official MonoDETR's ("model_state"), or a bare state dict."""
-    for key in ("model", "model_state"):
-        if key in checkpoint:
-            return checkpoint[key]
-    if checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
-        return checkpoint
-    raise ValueError(f"checkpoint {path!r} holds no model weights: no 'model' or 'model_state' entry "
-                     f"and not a bare state dict (its keys: {', '.join(list(map(str, checkpoint))[:8])})")
-
-
-def state_dict_mismatches(model: nn.Module, state: dict) -> tuple[list, list, list]:
-    """The keys of ``state`` that do not fit the model: (missing from it, unknown to the model,
-    of another shape than the model's)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    resized = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    return missing, unexpected, resized
-
-
-def load_weights(model: nn.Module, state: dict, strict: bool, path: str) -> None:
-    """load_state_dict; with strict=False, entries whose shape differs from the model's (a head
-    for other classes) are skipped too, and everything left out is named in a warning."""
-    if strict:
-        model.load_state_dict(state)
-        return
-    missing, unexpected, resized = state_dict_mismatches(model, state)
-    model.load_state_dict({k: v for k, v in state.items() if k not in resized}, strict=False)
-    left_out = resized + missing
-    if left_out or unexpected:
-        warnings.warn(f"{path}: {len(left_out)} weights keep their initialisation (missing or of "
-                      f"another shape, e.g. {', '.join(left_out[:4])}); {len(unexpected)} "
-                      f"entries of the file are unused", stacklevel=3)
-
-
-def read_checkpoint(path: str, map_location="cpu") -> dict:
-    """A checkpoint file as a dict, loaded without arbitrary unpickling: tensors, plain values and
-    the argparse.Namespace that official checkpoints store next to their weights."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as error:
-            raise ValueError(f"could not read checkpoint {path!r} (truncated, or not a checkpoint?): "
-                             f"{error}") from error
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict")
-    return checkpoint
-
-
-def config_from_state_dict(state: dict, nheads: int = 8, known: Iterable[str] = ()) -> dict:
-    """The settings a state dict's keys and shapes determine. The attention projections give
-    heads x levels x points together, so the points per head follow from ``nheads``. Settings in
-    ``known`` are not read from the state dict (whose head may be missing, for fine-tuning)."""
-    if "transformer.level_embed" not in state:
-        raise ValueError("not a Deformable DETR state dict: no 'transformer.level_embed'")
-    levels, hidden_dim = state["transformer.level_embed"].shape
-
-    def count(prefix: str) -> int:
-        indices = {k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)}
-        return len(indices)
-
-    two_stage = "transformer.enc_output.weight" in state
-    settings = dict(
-        enc_n_points=_points_per_head(state, "encoder", nheads, int(levels)),
-        dec_n_points=_points_per_head(state, "decoder", nheads, int(levels)),
-        hidden_dim=int(hidden_dim),
-        num_feature_levels=int(levels),
-        enc_layers=count("transformer.encoder.layers."),
-        dec_layers=count("transformer.decoder.layers."),
-        dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
-        with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
-        two_stage=two_stage,
-        backbone=_backbone_from_state(state, count("backbone.0.body.layer3.")),
-        position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
-        backbone_from_scratch="backbone.0.body.bn1.num_batches_tracked" in state,
-    )
-    if "num_classes" not in known:
-        settings["num_classes"] = _rows_of(state, "class_embed.0.weight", "num_classes")
-    if not two_stage and "num_queries" not in known:
-        settings["num_queries"] = _rows_of(state, "query_embed.weight", "num_queries")
-    return settings
-
-
-def _rows_of(state: dict, key: str, setting: str) -> int:
-    if key not in state:
-        raise ValueError(f"the state dict has no {key!r} to tell {setting}: pass {setting}=...")
-    return int(state[key].shape[0])
-
-
-def _backbone_from_state(state: dict, layer3_blocks: int) -> str:
-    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state
-    depths = {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50", (23, True): "resnet101"}
-    if (layer3_blocks, bottleneck) not in depths:
-        raise ValueError(f"unrecognised ResNet backbone: layer3 has {layer3_blocks} blocks")
-    return depths[(layer3_blocks, bottleneck)]
-
-
-def _points_per_head(state: dict, part: str, nheads: int, levels: int, prefix: str = "transformer") -> int:
-    attn = "self_attn" if part == "encoder" else "cross_attn"
-    key = f"{prefix}.{part}.layers.0.{attn}.attention_weights.weight"
-    if key not in state:
-        return 4
-    total = state[key].shape[0]
-    if total % (nheads * levels) != 0:
-        raise ValueError(
-            f"{key} has {total} outputs, not a multiple of nheads x levels = {nheads} x {levels}: "
-            "pass the checkpoint's nheads to load_checkpoint(..., nheads=...)"
-        )
-    return total // (nheads * levels)
+FAMILY = register_family(Family(
+    name="deformable_detr",
+    marker="transformer.level_embed",
+    config_class=DeformableDETRConfig,
+    infer=lambda state, given: config_from_state_dict(state, nheads=given.get("nheads", 8), known=given),
+    assumed=_assumed_settings,
+    build=lambda **settings: build_deformable_detr(make_config("multi_scale", **settings)),
+    exclude_from_args=("num_classes",),  # official args do not hold it: the head tells
+))

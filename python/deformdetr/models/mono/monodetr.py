@@ -14,18 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformdetr.models.backbone import Backbone, Joiner, load_backbone_weights
-from deformdetr.models.deformable_detr import (
-    MLP,
-    DeformableDETR,
-    _backbone_from_state,
-    _points_per_head,
-    _rows_of,
-    load_weights,
-    model_state_of,
-    read_checkpoint,
-    settings_from_args,
-    warn_assumed_settings,
+from deformdetr.models.checkpoint import (
+    CheckpointError,
+    Family,
+    backbone_settings,
+    load_checkpoint,
+    register_family,
+    rows_of,
+    transformer_settings,
 )
+from deformdetr.models.deformable_detr import MLP, DeformableDETR
 from deformdetr.models.deformable_transformer import inverse_sigmoid
 from deformdetr.models.mono.depth_predictor import DepthPredictor
 from deformdetr.models.mono.depthaware_transformer import DepthAwareTransformer
@@ -269,23 +267,11 @@ def monodetr(num_classes: int = 3, pretrained_backbone: Union[bool, str, None] =
 
 
 def load_monodetr_checkpoint(path: str, map_location="cpu", strict: bool = True, **overrides) -> MonoDETR:
-    """Builds the model an official MonoDETR checkpoint (``{"model_state": ...}``; also
-    ``{"model": ...}`` or a bare state dict) was saved from and loads its weights. Settings come
-    from the state dict's keys and shapes; ``overrides`` settle what they cannot tell
-    (``group_num``: the query rows are num_queries x group_num; ``nheads``; ``depth_min``)."""
-    checkpoint = read_checkpoint(path, map_location)
-    state = model_state_of(checkpoint, path)
-    given = {**settings_from_args(checkpoint.get("args"), MonoDETRConfig), **overrides}
-    # The official files ({"model_state": ...}) come from the one official configuration, whose
-    # fixed values are the defaults; any other file without args may have been trained otherwise.
-    if "model_state" not in checkpoint:
-        _warn_about_assumed_settings(path, given)
-    settings = {**monodetr_config_from_state_dict(state, nheads=given.get("nheads", 8),
-                                                  group_num=given.get("group_num", 11), known=given),
-                **given}
-    model = build_monodetr(make_monodetr_config(**settings))
-    load_weights(model, state, strict, path)
-    return model
+    """Builds the model a MonoDETR checkpoint (the official ``{"model_state": ...}``, ours, or a
+    bare state dict) was saved from and loads its weights: :func:`deformdetr.models.load_checkpoint`
+    for MonoDETR only. ``overrides`` settle what the state dict cannot tell (``group_num``: the
+    query rows are num_queries x group_num; ``nheads``; ``depth_min``)."""
+    return load_checkpoint(path, map_location, strict, family=FAMILY.name, **overrides)
 
 
 # What a state dict cannot tell (query rows are num_queries x group_num; heads and points per head
@@ -293,44 +279,45 @@ def load_monodetr_checkpoint(path: str, map_location="cpu", strict: bool = True,
 _UNRECORDED = ("nheads", "depth_encoder_nheads", "group_num")
 
 
-def _warn_about_assumed_settings(path: str, given: dict) -> None:
+def _assumed_settings(checkpoint: dict, given: dict) -> list:
+    # The official files ({"model_state": ...}) come from the one official configuration, whose
+    # fixed values are the defaults; any other file without args may have been trained otherwise.
+    if "model_state" in checkpoint:
+        return []
     defaults = MonoDETRConfig()
-    warn_assumed_settings(path, "load_monodetr_checkpoint",
-                          [f"{k}={getattr(defaults, k)}" for k in _UNRECORDED if k not in given])
+    return [f"{k}={getattr(defaults, k)}" for k in _UNRECORDED if k not in given]
 
 
 def monodetr_config_from_state_dict(state: dict, nheads: int = 8, group_num: int = 11,
                                     known=()) -> dict:
     prefix = "depthaware_transformer"
     if f"{prefix}.level_embed" not in state:
-        raise ValueError(f"not a MonoDETR state dict: no '{prefix}.level_embed'")
-    levels, hidden_dim = state[f"{prefix}.level_embed"].shape
-
-    def count(key_prefix: str) -> int:
-        return len({k[len(key_prefix):].split(".")[0] for k in state if k.startswith(key_prefix)})
-
+        raise CheckpointError(f"not a MonoDETR state dict: no '{prefix}.level_embed'")
     query_rows = state["query_embed.weight"].shape[0]
     if query_rows % group_num != 0:
-        raise ValueError(f"query_embed has {query_rows} rows, not a multiple of group_num={group_num}: "
-                         "pass the checkpoint's group_num")
+        raise CheckpointError(f"query_embed has {query_rows} rows, not a multiple of group_num={group_num}: "
+                              "pass the checkpoint's group_num")
     depth_encoder = "depth_predictor.depth_encoder.layers.0."
     settings = dict(
-        hidden_dim=int(hidden_dim),
-        num_feature_levels=int(levels),
-        enc_layers=count(f"{prefix}.encoder.layers."),
-        dec_layers=count(f"{prefix}.decoder.layers."),
-        dim_feedforward=state[f"{prefix}.encoder.layers.0.linear1.weight"].shape[0],
-        enc_n_points=_points_per_head(state, "encoder", nheads, int(levels), prefix=prefix),
-        dec_n_points=_points_per_head(state, "decoder", nheads, int(levels), prefix=prefix),
+        **transformer_settings(state, prefix, nheads),
+        **backbone_settings(state),
         num_queries=query_rows // group_num,
         group_num=group_num,
         num_depth_bins=state["depth_predictor.depth_classifier.weight"].shape[0] - 1,
         depth_max=float(state["depth_predictor.depth_bin_values"][-1]),
         depth_encoder_dim_feedforward=state[depth_encoder + "linear1.weight"].shape[0],
-        backbone=_backbone_from_state(state, count("backbone.0.body.layer3.")),
-        position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
-        backbone_from_scratch="backbone.0.body.bn1.num_batches_tracked" in state,
     )
     if "num_classes" not in known:
-        settings["num_classes"] = _rows_of(state, "class_embed.0.weight", "num_classes")
+        settings["num_classes"] = rows_of(state, "class_embed.0.weight", "num_classes")
     return settings
+
+
+FAMILY = register_family(Family(
+    name="monodetr",
+    marker="depthaware_transformer.level_embed",
+    config_class=MonoDETRConfig,
+    infer=lambda state, given: monodetr_config_from_state_dict(
+        state, nheads=given.get("nheads", 8), group_num=given.get("group_num", 11), known=given),
+    assumed=_assumed_settings,
+    build=lambda **settings: build_monodetr(make_monodetr_config(**settings)),
+))
