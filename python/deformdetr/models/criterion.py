@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from deformdetr.models.matcher import HungarianMatcher, checked_boxes, checked_labels
 from deformdetr.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
-__all__ = ["SetCriterion", "sigmoid_focal_loss", "official_weight_dict", "build_criterion"]
+__all__ = ["SetCriterion", "sigmoid_focal_loss", "per_layer_weights", "official_weight_dict", "build_criterion"]
 
 
 def sigmoid_focal_loss(
@@ -121,24 +121,39 @@ class SetCriterion(nn.Module):
                 checked[key] = checked_boxes(i, key, target[key], count, width)
         return checked
 
+    #: losses of the final layer only (MonoDETR's depth map, the same for every layer)
+    final_layer_only: tuple = ()
+
+    def match(self, outputs, targets) -> list:
+        """Each image's (query indices, target indices) for one layer's outputs."""
+        return self.matcher(outputs, targets)
+
+    def matches_per_target(self) -> int:
+        """How many queries each target is matched to (MonoDETR: one per query group in training)."""
+        return 1
+
     def forward(self, outputs: Mapping, targets: Sequence[Mapping[str, Tensor]]) -> dict:
         targets = self.checked_targets(targets)
         final = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
-        num_boxes = self.num_boxes(targets, final["pred_logits"].device)
-        losses = self._losses(final, targets, num_boxes, suffix="", log=True)
+        num_boxes = self.num_boxes(targets, final["pred_logits"].device, multiplier=self.matches_per_target())
+        losses = self._losses(final, targets, num_boxes, suffix="", final=True)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            losses.update(self._losses(aux, targets, num_boxes, suffix=f"_{i}", log=False))
+            losses.update(self._losses(aux, targets, num_boxes, suffix=f"_{i}", final=False))
         if "enc_outputs" in outputs:
             # Encoder proposals are class-agnostic: every target counts as class 0.
             binary = [dict(t, labels=torch.zeros_like(t["labels"])) for t in targets]
-            losses.update(self._losses(outputs["enc_outputs"], binary, num_boxes, suffix="_enc", log=False))
+            losses.update(self._losses(outputs["enc_outputs"], binary, num_boxes, suffix="_enc", final=False))
         return losses
 
-    def _losses(self, outputs, targets, num_boxes, suffix: str, log: bool) -> dict:
-        indices = self.matcher(outputs, targets)
+    def _losses(self, outputs, targets, num_boxes, suffix: str, final: bool) -> dict:
+        """One layer's losses, keys suffixed with the layer; the logged extras (class_error) for
+        the final layer only."""
+        indices = self.match(outputs, targets)
         losses = {}
         for name in self.losses:
-            kwargs = {"log": log} if name == "labels" else {}
+            if not final and name in self.final_layer_only:
+                continue
+            kwargs = {"log": final} if name == "labels" else {}
             losses.update(self._compute(name, outputs, targets, indices, num_boxes, **kwargs))
         return {k + suffix: v for k, v in losses.items()}
 
@@ -208,6 +223,17 @@ def _layer_copies(keys, weight_dict: Mapping[str, float]) -> dict[str, str]:
     return {key: m["layer"] for key, m in matches if m and m["base"] in weight_dict}
 
 
+def per_layer_weights(base: Mapping[str, float], dec_layers: int, aux_loss: bool) -> dict:
+    """``base`` (the final layer's loss weights); with ``aux_loss``, the same weights again for
+    each earlier decoder layer (``loss_ce_0``...) and the encoder (``loss_ce_enc``)."""
+    weights = dict(base)
+    if aux_loss:
+        for i in range(dec_layers - 1):
+            weights.update({f"{k}_{i}": v for k, v in base.items()})
+        weights.update({f"{k}_enc": v for k, v in base.items()})
+    return weights
+
+
 def official_weight_dict(
     dec_layers: int = 6,
     aux_loss: bool = True,
@@ -215,14 +241,9 @@ def official_weight_dict(
     bbox_loss_coef: float = 5,
     giou_loss_coef: float = 2,
 ) -> dict:
-    """Loss weights; with aux_loss, also for each earlier decoder layer and the encoder ("_enc")."""
+    """Deformable DETR's loss weights (see :func:`per_layer_weights`)."""
     base = {"loss_ce": cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
-    weights = dict(base)
-    if aux_loss:
-        for i in range(dec_layers - 1):
-            weights.update({f"{k}_{i}": v for k, v in base.items()})
-        weights.update({f"{k}_enc": v for k, v in base.items()})
-    return weights
+    return per_layer_weights(base, dec_layers, aux_loss)
 
 
 def build_criterion(

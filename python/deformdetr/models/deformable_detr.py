@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformdetr._deprecated import moved_names
-from deformdetr.models.backbone import Backbone, Joiner, load_backbone_weights
+from deformdetr.models.backbone import Joiner
 from deformdetr.models.checkpoint import (
     CheckpointError,
     Family,
@@ -24,8 +23,15 @@ from deformdetr.models.checkpoint import (
     transformer_settings,
 )
 from deformdetr.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
-from deformdetr.models.nested import as_padded_batch, check_images, resize_mask
-from deformdetr.models.position_encoding import build_position_encoding
+from deformdetr.models.detector import (
+    MLP,
+    MultiScaleDetector,
+    build_joiner,
+    load_pretrained_backbone,
+    settings_of,
+    transformer_arguments,
+)
+from deformdetr.models.nested import as_padded_batch, check_images
 
 __all__ = [
     "MLP",
@@ -41,23 +47,7 @@ __getattr__ = moved_names(__name__, {name: f"deformdetr.models.checkpoint:{name}
     "load_checkpoint", "read_checkpoint", "model_state_of", "settings_from_args", "state_dict_mismatches")})
 
 
-class MLP(nn.Module):
-    """A few linear layers with ReLU between them (the box head)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
-        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.num_layers = num_layers
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for index, layer in enumerate(self.layers):
-            x = layer(x) if index == self.num_layers - 1 else F.relu(layer(x))
-        return x
-
-
-class DeformableDETR(nn.Module):
+class DeformableDETR(MultiScaleDetector):
     def __init__(
         self,
         backbone: Joiner,
@@ -82,35 +72,13 @@ class DeformableDETR(nn.Module):
         self.num_feature_levels = num_feature_levels
         if not two_stage:
             self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
-        self.input_proj = self._input_projections(backbone, hidden_dim, num_feature_levels)
+        self.input_proj = self.input_projections(backbone, hidden_dim, num_feature_levels)
         self.backbone = backbone
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
         self._init_heads(num_classes)
         self._share_or_clone_heads()
-
-    @staticmethod
-    def _input_projections(backbone: Joiner, hidden_dim: int, num_feature_levels: int) -> nn.ModuleList:
-        """1x1 conv + GroupNorm per backbone stage; extra levels are stride-2 3x3 convs."""
-        projections = []
-        in_channels = backbone.num_channels[0]
-        for in_channels in backbone.num_channels[:num_feature_levels]:
-            projections.append(
-                nn.Sequential(nn.Conv2d(in_channels, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
-            )
-        for _ in range(num_feature_levels - len(backbone.num_channels)):
-            projections.append(
-                nn.Sequential(
-                    nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
-                    nn.GroupNorm(32, hidden_dim),
-                )
-            )
-            in_channels = hidden_dim
-        for projection in projections:
-            nn.init.xavier_uniform_(projection[0].weight, gain=1)
-            nn.init.constant_(projection[0].bias, 0)
-        return nn.ModuleList(projections)
 
     def _init_heads(self, num_classes: int) -> None:
         # Focal-loss prior: every class starts at probability 0.01.
@@ -145,21 +113,10 @@ class DeformableDETR(nn.Module):
         (cx, cy, w, h) relative to each image's own (unpadded) size."""
         images, mask = as_padded_batch(images, mask)
         check_images(images, self.class_embed[0].weight.dtype)
-        features, pos = self.backbone(images, mask)
-        srcs, masks = [], []
-        for level, (feature, feature_mask) in enumerate(features[: self.num_feature_levels]):
-            srcs.append(self.input_proj[level](feature))
-            masks.append(feature_mask)
-        for level in range(len(srcs), self.num_feature_levels):
-            source = features[-1][0] if level == len(features) else srcs[-1]
-            src = self.input_proj[level](source)
-            level_mask = resize_mask(mask, src.shape[-2:])
-            srcs.append(src)
-            masks.append(level_mask)
-            pos.append(self.backbone[1](src, level_mask).to(src.dtype))
+        srcs, masks, pos = self.multi_scale_features(images, mask)
         query_embeds = None if self.two_stage else self.query_embed.weight
         hs, init_reference, inter_references, enc_class, enc_coord_unact = self.transformer(
-            srcs, masks, pos[: self.num_feature_levels], query_embeds
+            srcs, masks, pos, query_embeds
         )
         outputs_class, outputs_coord = self._predict(hs, init_reference, inter_references)
         out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
@@ -224,33 +181,13 @@ VARIANTS = {
 
 
 def build_deformable_detr(config: DeformableDETRConfig) -> DeformableDETR:
-    position_embedding = build_position_encoding(
-        config.hidden_dim, config.position_embedding, config.position_embedding_scale
-    )
-    backbone = Backbone(
-        config.backbone,
-        train_backbone=config.lr_backbone > 0,
-        return_interm_layers=config.num_feature_levels > 1,
-        dilation=config.dilation,
-        from_scratch=config.backbone_from_scratch,
-    )
+    backbone = build_joiner(config, train_backbone=config.lr_backbone > 0,
+                            scale=config.position_embedding_scale)
     transformer = DeformableTransformer(
-        d_model=config.hidden_dim,
-        nhead=config.nheads,
-        num_encoder_layers=config.enc_layers,
-        num_decoder_layers=config.dec_layers,
-        dim_feedforward=config.dim_feedforward,
-        dropout=config.dropout,
-        activation="relu",
-        return_intermediate_dec=True,
-        num_feature_levels=config.num_feature_levels,
-        dec_n_points=config.dec_n_points,
-        enc_n_points=config.enc_n_points,
-        two_stage=config.two_stage,
-        two_stage_num_proposals=config.num_queries,
+        **transformer_arguments(config), two_stage=config.two_stage, two_stage_num_proposals=config.num_queries
     )
     model = DeformableDETR(
-        Joiner(backbone, position_embedding),
+        backbone,
         transformer,
         num_classes=config.num_classes,
         num_queries=config.num_queries,
@@ -273,22 +210,15 @@ def deformable_detr(
     "multi_scale", "box_refine", "two_stage") with the official defaults; ``overrides`` use the
     official argument names (hidden_dim, nheads, enc_layers, ...). ``pretrained_backbone``: True
     for torchvision's ImageNet weights, or a path/URL of a ResNet state dict."""
-    config = make_config(variant, num_classes=num_classes, **overrides)
-    model = build_deformable_detr(config)
-    if pretrained_backbone:
-        source = None if pretrained_backbone is True else str(pretrained_backbone)
-        load_backbone_weights(model.backbone[0], source)
+    model = build_deformable_detr(make_config(variant, num_classes=num_classes, **overrides))
+    load_pretrained_backbone(model, pretrained_backbone)
     return model
 
 
 def make_config(variant: str = "multi_scale", **overrides) -> DeformableDETRConfig:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
-    known = {f.name for f in fields(DeformableDETRConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown Deformable DETR setting(s) {unknown}; known: {sorted(known)}")
-    config = replace(DeformableDETRConfig(), **{**VARIANTS[variant], **overrides})
+    config = settings_of(DeformableDETRConfig, "Deformable DETR", **{**VARIANTS[variant], **overrides})
     _check_sizes(config)
     return config
 

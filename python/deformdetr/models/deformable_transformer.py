@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -20,6 +21,7 @@ __all__ = [
     "DeformableTransformerEncoderLayer",
     "DeformableTransformerDecoder",
     "DeformableTransformerDecoderLayer",
+    "EncodedLevels",
     "inverse_sigmoid",
 ]
 
@@ -44,11 +46,31 @@ def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
     return x if pos is None else x + pos
 
 
+def _ratios_for(valid_ratios: Tensor, reference_dims: int) -> Tensor:
+    """The valid ratios (N, L, 2) (w, h) repeated to scale references of ``reference_dims``
+    coordinates: (x, y) points, (cx, cy, w, h) boxes, MonoDETR's (cx, cy, l, r, t, b)."""
+    repeats = reference_dims // 2
+    return valid_ratios if repeats == 1 else torch.cat([valid_ratios] * repeats, -1)
+
+
 class _FeedForward(nn.Module):
     """Mixin: linear1 -> activation -> dropout -> linear2 -> dropout, residual, layer norm."""
 
     def _ffn(self, x: Tensor, dropout_in: nn.Module, dropout_out: nn.Module, norm: nn.Module):
         return norm(x + dropout_out(self.linear2(dropout_in(self.activation(self.linear1(x))))))
+
+
+@dataclass(frozen=True)
+class EncodedLevels:
+    """The multi-scale feature maps flattened into one sequence of S positions, with the
+    geometry the deformable attention samples by."""
+
+    memory: Tensor  # (N, S, C): the encoder's output (its input, in flatten_levels)
+    padding_mask: Tensor  # (N, S), True at padding
+    spatial_shapes: Tensor  # (L, 2) int64 (H, W) per level
+    level_start_index: Tensor  # (L,) where each level starts in S
+    valid_ratios: Tensor  # (N, L, 2) (w, h) unpadded fraction of each level
+    shapes: list  # [(H, W)] per level, as Python ints (no device sync to read them)
 
 
 class DeformableTransformerEncoderLayer(_FeedForward):
@@ -165,25 +187,28 @@ class DeformableTransformerDecoder(nn.Module):
         self.class_embed = None
 
     def forward(self, tgt, reference_points, src, src_spatial_shapes, src_level_start_index,
-                src_valid_ratios, query_pos=None, src_padding_mask=None):
+                src_valid_ratios, query_pos=None, src_padding_mask=None, **layer_inputs):
+        """Runs the layers; ``layer_inputs`` go to each layer as keywords (the depth-aware
+        decoder's depth memory). Returns (states, references) plus :meth:`layer_extras`, each
+        stacked over the layers with ``return_intermediate``, else of the last layer."""
         output = tgt
-        intermediate, intermediate_references = [], []
+        per_layer = []
         for lid, layer in enumerate(self.layers):
-            if reference_points.shape[-1] == 4:
-                scale = torch.cat([src_valid_ratios, src_valid_ratios], -1)
-            else:
-                scale = src_valid_ratios
+            scale = _ratios_for(src_valid_ratios, reference_points.shape[-1])
             reference_points_input = reference_points[:, :, None] * scale[:, None]
             output = layer(output, query_pos, reference_points_input, src, src_spatial_shapes,
-                           src_level_start_index, src_padding_mask)
+                           src_level_start_index, src_padding_mask, **layer_inputs)
             if self.bbox_embed is not None:
                 reference_points = self._refine(self.bbox_embed[lid](output), reference_points)
-            if self.return_intermediate:
-                intermediate.append(output)
-                intermediate_references.append(reference_points)
+            per_layer.append((output, reference_points, *self.layer_extras(lid, output)))
         if self.return_intermediate:
-            return torch.stack(intermediate), torch.stack(intermediate_references)
-        return output, reference_points
+            return tuple(torch.stack(values) for values in zip(*per_layer))
+        return per_layer[-1]
+
+    def layer_extras(self, lid: int, output: Tensor) -> tuple:
+        """What a decoder family computes from each layer's output besides the references (the
+        depth-aware decoder's 3D sizes); returned after the states and references."""
+        return ()
 
     @staticmethod
     def _refine(delta: Tensor, reference_points: Tensor) -> Tensor:
@@ -302,9 +327,9 @@ class DeformableTransformer(nn.Module):
         valid_w = torch.sum(~mask[:, 0, :], 1)
         return torch.stack([valid_w.float() / width, valid_h.float() / height], -1)
 
-    def flatten_levels(self, srcs, masks, pos_embeds):
-        """The feature maps, masks and position (+ level) embeddings of all levels flattened and
-        concatenated, with the spatial shapes, level start indices and valid ratios."""
+    def flatten_levels(self, srcs, masks, pos_embeds) -> tuple[EncodedLevels, Tensor]:
+        """The feature maps and masks of all levels flattened and concatenated (``memory`` not
+        yet encoded), with the position (+ level) embeddings beside them."""
         src_flatten, mask_flatten, lvl_pos_embed_flatten, shapes = [], [], [], []
         for level, (src, mask, pos_embed) in enumerate(zip(srcs, masks, pos_embeds)):
             height, width = src.shape[-2:]
@@ -315,27 +340,47 @@ class DeformableTransformer(nn.Module):
                 pos_embed.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
             )
         src_flatten = torch.cat(src_flatten, 1)
-        mask_flatten = torch.cat(mask_flatten, 1)
-        lvl_pos_embed_flatten = torch.cat(lvl_pos_embed_flatten, 1)
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)
-        return (src_flatten, mask_flatten, lvl_pos_embed_flatten, spatial_shapes, level_start_index,
-                valid_ratios, shapes)
+        levels = EncodedLevels(
+            memory=src_flatten,
+            padding_mask=torch.cat(mask_flatten, 1),
+            spatial_shapes=spatial_shapes,
+            level_start_index=torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])),
+            valid_ratios=torch.stack([self.get_valid_ratio(m) for m in masks], 1),
+            shapes=shapes,
+        )
+        return levels, torch.cat(lvl_pos_embed_flatten, 1)
+
+    def encode(self, srcs, masks, pos_embeds) -> EncodedLevels:
+        """The encoder's memory over the flattened levels, with their geometry."""
+        levels, pos = self.flatten_levels(srcs, masks, pos_embeds)
+        memory = self.encoder(levels.memory, levels.spatial_shapes, levels.level_start_index,
+                              levels.valid_ratios, pos, levels.padding_mask, shapes_list=levels.shapes)
+        return replace(levels, memory=memory)
+
+    def learned_queries(self, query_embed: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(content, position, reference points) of learned queries: ``query_embed`` (Q, 2C) holds
+        the position half first; the references are predicted from the positions."""
+        query_pos, tgt = torch.split(query_embed, self.d_model, dim=1)
+        query_pos = query_pos.unsqueeze(0).expand(batch, -1, -1)
+        tgt = tgt.unsqueeze(0).expand(batch, -1, -1)
+        return tgt, query_pos, self.reference_points(query_pos).sigmoid()
+
+    def decode(self, tgt, reference_points, query_pos, levels: EncodedLevels, **layer_inputs):
+        """The decoder's queries attending to the encoded levels (see the decoder's forward)."""
+        return self.decoder(tgt, reference_points, levels.memory, levels.spatial_shapes, levels.level_start_index,
+                            levels.valid_ratios, query_pos, levels.padding_mask, **layer_inputs)
 
     def forward(self, srcs, masks, pos_embeds, query_embed: Optional[Tensor] = None):
         if not self.two_stage and query_embed is None:
             raise ValueError("query_embed is required unless two_stage=True")
-        (src_flatten, mask_flatten, lvl_pos_embed_flatten, spatial_shapes, level_start_index,
-         valid_ratios, shapes) = self.flatten_levels(srcs, masks, pos_embeds)
-
-        memory = self.encoder(src_flatten, spatial_shapes, level_start_index, valid_ratios,
-                              lvl_pos_embed_flatten, mask_flatten, shapes_list=shapes)
-
+        levels = self.encode(srcs, masks, pos_embeds)
+        memory = levels.memory
         batch, _, channels = memory.shape
         enc_outputs_class = enc_outputs_coord_unact = None
         if self.two_stage:
-            output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flatten, shapes)
+            output_memory, output_proposals = self.gen_encoder_output_proposals(memory, levels.padding_mask,
+                                                                                levels.shapes)
             if memory.shape[1] < self.two_stage_num_proposals:
                 raise ValueError(
                     f"two-stage selects {self.two_stage_num_proposals} proposals but the feature "
@@ -352,11 +397,7 @@ class DeformableTransformer(nn.Module):
             pos_trans_out = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(topk_coords_unact)))
             query_pos, tgt = torch.split(pos_trans_out, channels, dim=2)
         else:
-            query_pos, tgt = torch.split(query_embed, channels, dim=1)
-            query_pos = query_pos.unsqueeze(0).expand(batch, -1, -1)
-            tgt = tgt.unsqueeze(0).expand(batch, -1, -1)
-            reference_points = self.reference_points(query_pos).sigmoid()
+            tgt, query_pos, reference_points = self.learned_queries(query_embed, batch)
         init_reference = reference_points
-        hs, inter_references = self.decoder(tgt, reference_points, memory, spatial_shapes,
-                                            level_start_index, valid_ratios, query_pos, mask_flatten)
+        hs, inter_references = self.decode(tgt, reference_points, query_pos, levels)
         return hs, init_reference, inter_references, enc_outputs_class, enc_outputs_coord_unact

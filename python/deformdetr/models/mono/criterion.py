@@ -11,9 +11,8 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
-from deformdetr.models.criterion import SetCriterion
+from deformdetr.models.criterion import SetCriterion, per_layer_weights
 from deformdetr.models.mono.ddn_loss import DDNLoss
 from deformdetr.models.mono.matcher import MonoHungarianMatcher
 from deformdetr.ops.boxes import box_cxcylrtb_to_xyxy, box_cxcywh_to_xyxy_reference, generalized_box_iou
@@ -107,25 +106,16 @@ class MonoSetCriterion(SetCriterion):
         counts = [len(t["boxes"]) for t in targets]
         return {"loss_depth_map": self.ddn_loss(logits, box_cxcywh_to_xyxy_reference(boxes), counts, depths)}
 
-    def forward(self, outputs: Mapping, targets: Sequence[Mapping[str, Tensor]]) -> dict:
-        targets = self.checked_targets(targets)
-        group_num = self.group_num if self.training else 1
-        final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        num_boxes = self.num_boxes(targets, final["pred_logits"].device, multiplier=group_num)
-        indices = self.matcher(final, targets, group_num=group_num)
-        losses = {}
-        for name in self.losses:
-            kwargs = {"log": True} if name == "labels" else {}
-            losses.update(self._compute(name, final, targets, indices, num_boxes, **kwargs))
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            indices = self.matcher(aux, targets, group_num=group_num)
-            for name in self.losses:
-                if name == "depth_map":  # the depth map is the same for every layer
-                    continue
-                kwargs = {"log": False} if name == "labels" else {}
-                aux_losses = self._compute(name, aux, targets, indices, num_boxes, **kwargs)
-                losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
-        return losses
+    final_layer_only = ("depth_map",)
+
+    def _groups(self) -> int:
+        return self.group_num if self.training else 1
+
+    def match(self, outputs, targets) -> list:
+        return self.matcher(outputs, targets, group_num=self._groups())
+
+    def matches_per_target(self) -> int:
+        return self._groups()
 
 
 def monodetr_weight_dict(dec_layers: int = 3, aux_loss: bool = True, cls_loss_coef: float = 2,
@@ -137,12 +127,7 @@ def monodetr_weight_dict(dec_layers: int = 3, aux_loss: bool = True, cls_loss_co
     base = {"loss_ce": cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef,
             "loss_dim": dim_loss_coef, "loss_angle": angle_loss_coef, "loss_depth": depth_loss_coef,
             "loss_center": center_loss_coef, "loss_depth_map": depth_map_loss_coef}
-    weights = dict(base)
-    if aux_loss:
-        for i in range(dec_layers - 1):
-            weights.update({f"{k}_{i}": v for k, v in base.items()})
-        weights.update({f"{k}_enc": v for k, v in base.items()})
-    return weights
+    return per_layer_weights(base, dec_layers, aux_loss)
 
 
 def build_monodetr_criterion(num_classes: int = 3, dec_layers: int = 3, aux_loss: bool = True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from deformdetr.models.deformable_detr import MLP
+from deformdetr.models.detector import MLP
 from deformdetr.models.deformable_transformer import (
     DeformableTransformer,
     DeformableTransformerDecoder,
@@ -51,7 +51,7 @@ class DepthAwareDecoderLayer(DeformableTransformerDecoderLayer):
         self.nhead = n_heads
 
     def forward(self, tgt, query_pos, reference_points, src, src_spatial_shapes, level_start_index,
-                src_padding_mask, depth_pos_embed, mask_depth):
+                src_padding_mask, *, depth_pos_embed, mask_depth):
         """tgt, query_pos (B, Q, C); depth_pos_embed (S_depth, B, C) with mask_depth (B, S_depth)."""
         attended = self.cross_attn_depth(tgt.transpose(0, 1), depth_pos_embed, depth_pos_embed,
                                          key_padding_mask=mask_depth)[0]
@@ -99,28 +99,11 @@ class DepthAwareDecoder(DeformableTransformerDecoder):
         self.query_scale = MLP(d_model, d_model, d_model, 2)
         self.ref_point_head = MLP(d_model, d_model, 2, 2)
 
-    def forward(self, tgt, reference_points, src, src_spatial_shapes, src_level_start_index, src_valid_ratios,
-                query_pos=None, src_padding_mask=None, depth_pos_embed=None, mask_depth=None):
+    def layer_extras(self, lid: int, output: Tensor) -> tuple:
+        """Each layer's 3D sizes (h, w, l), from the size head MonoDETR shares with the decoder."""
         if self.dim_embed is None:
             raise RuntimeError("the depth-aware decoder needs dim_embed (set by MonoDETR)")
-        output = tgt
-        intermediate, intermediate_references, intermediate_dims = [], [], []
-        for lid, layer in enumerate(self.layers):
-            repeats = reference_points.shape[-1] // 2  # (x, y) or (cx, cy, l, r, t, b)
-            scale = torch.cat([src_valid_ratios] * repeats, -1) if repeats > 1 else src_valid_ratios
-            reference_points_input = reference_points[:, :, None] * scale[:, None]
-            output = layer(output, query_pos, reference_points_input, src, src_spatial_shapes,
-                           src_level_start_index, src_padding_mask, depth_pos_embed, mask_depth)
-            if self.bbox_embed is not None:
-                reference_points = self._refine(self.bbox_embed[lid](output), reference_points)
-            reference_dims = self.dim_embed[lid](output)
-            if self.return_intermediate:
-                intermediate.append(output)
-                intermediate_references.append(reference_points)
-                intermediate_dims.append(reference_dims)
-        if self.return_intermediate:
-            return torch.stack(intermediate), torch.stack(intermediate_references), torch.stack(intermediate_dims)
-        return output, reference_points, reference_dims
+        return (self.dim_embed[lid](output),)
 
 
 class DepthAwareTransformer(DeformableTransformer):
@@ -155,17 +138,10 @@ class DepthAwareTransformer(DeformableTransformer):
         """query_embed (Q, 2C) (position half first); depth_pos_embed (B, C, H16, W16) the depth
         memory with its padding mask depth_mask (B, H16, W16). Returns (hs, init_reference,
         inter_references, inter_references_dim)."""
-        (src_flatten, mask_flatten, lvl_pos_embed_flatten, spatial_shapes, level_start_index,
-         valid_ratios, shapes) = self.flatten_levels(srcs, masks, pos_embeds)
-        memory = self.encoder(src_flatten, spatial_shapes, level_start_index, valid_ratios,
-                              lvl_pos_embed_flatten, mask_flatten, shapes_list=shapes)
-        batch, _, channels = memory.shape
-        query_pos, tgt = torch.split(query_embed, channels, dim=1)
-        query_pos = query_pos.unsqueeze(0).expand(batch, -1, -1)
-        tgt = tgt.unsqueeze(0).expand(batch, -1, -1)
-        reference_points = self.reference_points(query_pos).sigmoid()
-        hs, inter_references, inter_references_dim = self.decoder(
-            tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios, query_pos,
-            mask_flatten, depth_pos_embed.flatten(2).permute(2, 0, 1), depth_mask.flatten(1),
+        levels = self.encode(srcs, masks, pos_embeds)
+        tgt, query_pos, reference_points = self.learned_queries(query_embed, levels.memory.shape[0])
+        hs, inter_references, inter_references_dim = self.decode(
+            tgt, reference_points, query_pos, levels,
+            depth_pos_embed=depth_pos_embed.flatten(2).permute(2, 0, 1), mask_depth=depth_mask.flatten(1),
         )
         return hs, reference_points, inter_references, inter_references_dim

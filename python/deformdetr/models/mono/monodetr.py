@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deformdetr.models.backbone import Backbone, Joiner, load_backbone_weights
+from deformdetr.models.backbone import Joiner
 from deformdetr.models.checkpoint import (
     CheckpointError,
     Family,
@@ -23,12 +23,18 @@ from deformdetr.models.checkpoint import (
     rows_of,
     transformer_settings,
 )
-from deformdetr.models.deformable_detr import MLP, DeformableDETR
+from deformdetr.models.detector import (
+    MLP,
+    MultiScaleDetector,
+    build_joiner,
+    load_pretrained_backbone,
+    settings_of,
+    transformer_arguments,
+)
 from deformdetr.models.deformable_transformer import inverse_sigmoid
 from deformdetr.models.mono.depth_predictor import DepthPredictor
 from deformdetr.models.mono.depthaware_transformer import DepthAwareTransformer
-from deformdetr.models.nested import check_images, resize_mask
-from deformdetr.models.position_encoding import build_position_encoding
+from deformdetr.models.nested import check_images
 
 __all__ = ["MonoDETR", "MonoDETRConfig", "monodetr", "build_monodetr", "load_monodetr_checkpoint",
            "monodetr_config_from_state_dict"]
@@ -69,7 +75,7 @@ class MonoDETRConfig:
     backbone_from_scratch: bool = False  # not official: train all of the ResNet, with batch norm
 
 
-class MonoDETR(nn.Module):
+class MonoDETR(MultiScaleDetector):
     """Outputs (dict, official keys): ``pred_logits`` (B, Q, C); ``pred_boxes`` (B, Q, 6) the
     projected 3D centre and the distances to the 2D box sides, (cx, cy, l, r, t, b), normalised
     by the input size; ``pred_3d_dim`` (B, Q, 3) (h, w, l) relative to the class mean sizes (zero
@@ -111,7 +117,7 @@ class MonoDETR(nn.Module):
             nn.init.constant_(self.bbox_embed.layers[-1].weight, 0)
             nn.init.constant_(self.bbox_embed.layers[-1].bias, 0)
         self.query_embed = nn.Embedding(num_queries * group_num, hidden_dim * 2)
-        self.input_proj = DeformableDETR._input_projections(backbone, hidden_dim, num_feature_levels)
+        self.input_proj = self.input_projections(backbone, hidden_dim, num_feature_levels)
         self.backbone = backbone
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
@@ -138,18 +144,7 @@ class MonoDETR(nn.Module):
         elif tuple(img_sizes.shape) != (batch, 2):
             raise ValueError(f"img_sizes must be (B, 2) = ({batch}, 2) (W, H), got {tuple(img_sizes.shape)}")
         mask = torch.zeros((batch, images.shape[2], images.shape[3]), dtype=torch.bool, device=images.device)
-        features, pos = self.backbone(images, mask)
-        srcs, masks = [], []
-        for level, (feature, feature_mask) in enumerate(features[: self.num_feature_levels]):
-            srcs.append(self.input_proj[level](feature))
-            masks.append(feature_mask)
-        for level in range(len(srcs), self.num_feature_levels):
-            source = features[-1][0] if level == len(features) else srcs[-1]
-            src = self.input_proj[level](source)
-            level_mask = resize_mask(mask, src.shape[-2:])
-            srcs.append(src)
-            masks.append(level_mask)
-            pos.append(self.backbone[1](src, level_mask).to(src.dtype))
+        srcs, masks, pos = self.multi_scale_features(images, mask)
         # All query groups while training; the first group only in eval.
         query_embeds = self.query_embed.weight if self.training else self.query_embed.weight[: self.num_queries]
 
@@ -199,28 +194,8 @@ class MonoDETR(nn.Module):
 
 
 def build_monodetr(config: MonoDETRConfig) -> MonoDETR:
-    position_embedding = build_position_encoding(config.hidden_dim, config.position_embedding, offset=0.0)
-    backbone = Backbone(
-        config.backbone,
-        train_backbone=config.train_backbone,
-        return_interm_layers=config.num_feature_levels > 1,
-        dilation=config.dilation,
-        from_scratch=config.backbone_from_scratch,
-    )
-    transformer = DepthAwareTransformer(
-        d_model=config.hidden_dim,
-        nhead=config.nheads,
-        num_encoder_layers=config.enc_layers,
-        num_decoder_layers=config.dec_layers,
-        dim_feedforward=config.dim_feedforward,
-        dropout=config.dropout,
-        activation="relu",
-        return_intermediate_dec=True,
-        num_feature_levels=config.num_feature_levels,
-        dec_n_points=config.dec_n_points,
-        enc_n_points=config.enc_n_points,
-        group_num=config.group_num,
-    )
+    backbone = build_joiner(config, train_backbone=config.train_backbone, offset=0.0)
+    transformer = DepthAwareTransformer(**transformer_arguments(config), group_num=config.group_num)
     depth_predictor = DepthPredictor(
         d_model=config.hidden_dim,
         num_depth_bins=config.num_depth_bins,
@@ -231,7 +206,7 @@ def build_monodetr(config: MonoDETRConfig) -> MonoDETR:
         dropout=config.dropout,
     )
     model = MonoDETR(
-        Joiner(backbone, position_embedding),
+        backbone,
         transformer,
         depth_predictor,
         num_classes=config.num_classes,
@@ -248,11 +223,7 @@ def build_monodetr(config: MonoDETRConfig) -> MonoDETR:
 
 
 def make_monodetr_config(**overrides) -> MonoDETRConfig:
-    known = {f.name for f in fields(MonoDETRConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown MonoDETR setting(s) {unknown}; known: {sorted(known)}")
-    return replace(MonoDETRConfig(), **overrides)
+    return settings_of(MonoDETRConfig, "MonoDETR", **overrides)
 
 
 def monodetr(num_classes: int = 3, pretrained_backbone: Union[bool, str, None] = None, **overrides) -> MonoDETR:
@@ -260,9 +231,7 @@ def monodetr(num_classes: int = 3, pretrained_backbone: Union[bool, str, None] =
     names (hidden_dim, enc_layers, dec_layers, num_queries, group_num, backbone, ...).
     ``pretrained_backbone``: True for torchvision's ImageNet weights, or a path/URL."""
     model = build_monodetr(make_monodetr_config(num_classes=num_classes, **overrides))
-    if pretrained_backbone:
-        source = None if pretrained_backbone is True else str(pretrained_backbone)
-        load_backbone_weights(model.backbone[0], source)
+    load_pretrained_backbone(model, pretrained_backbone)
     return model
 
 
