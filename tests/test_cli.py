@@ -106,11 +106,11 @@ def test_user_errors_are_one_message_and_interrupts_point_at_the_checkpoint(tmp_
     assert f"--resume {tmp_path / 'run' / 'checkpoint.pth'}" in capsys.readouterr().err
 
 
-def test_mono3d_metrics_are_printed_as_kitti_ap(capsys):
-    from deformdetr.cli import _print_eval
+def test_mono3d_metrics_are_printed_as_kitti_ap():
+    from deformdetr.engine.tasks.mono3d import Mono3DTask
 
-    _print_eval({"Car_3d_moderate_R40": 12.5, "Car_bev_moderate_R40": 20.25, "Car_3d_easy_R40": 30.0}, "mono3d")
-    out = capsys.readouterr().out
+    out = Mono3DTask.format_metrics(None, {"Car_3d_moderate_R40": 12.5, "Car_bev_moderate_R40": 20.25,
+                                           "Car_3d_easy_R40": 30.0})
     assert "KITTI AP|R40 moderate" in out and "Car_3d 12.50" in out and "Car_bev 20.25" in out
     assert "easy" not in out
 
@@ -120,12 +120,78 @@ def test_image_folders_list_every_image_type_but_not_earlier_drawings(tmp_path):
 
     from PIL import Image
 
-    from deformdetr.cli import _image_paths
+    from deformdetr.engine.predict import image_files
 
     for name in ("a.png", "b.tif", "c.gif", "a_1.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "predictions.json").write_text(json.dumps([{"image": str(tmp_path / "a.png"),
                                                            "png": str(tmp_path / "a_1.png")}]))
-    names = [os.path.basename(p) for p in _image_paths([str(tmp_path)])]
+    names = [os.path.basename(p) for p in image_files([str(tmp_path)])]
     assert names == ["a.png", "b.tif", "c.gif"]
+
+
+def _error_lines(capsys) -> list:
+    return [line for line in capsys.readouterr().err.splitlines() if not line.startswith("(set DEFORMDETR")]
+
+
+def test_an_unknown_task_is_one_line_naming_the_registered_tasks(tmp_path, capsys):
+    checkpoint = str(tmp_path / "c.pth")
+    assert main(["eval", "--config", "demo_synthetic", "--checkpoint", checkpoint, "task=segmentation"]) == 2
+    assert _error_lines(capsys) == ["deformdetr eval: error: unknown task 'segmentation'; the tasks are: "
+                                    "detection, mono3d"]
+    config = tmp_path / "segmentation.yaml"
+    config.write_text("task: segmentation\n")
+    assert main(["train", "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 2
+    assert _error_lines(capsys) == ["deformdetr train: error: unknown task 'segmentation'; the tasks are: "
+                                    "detection, mono3d"]
+    # a registered task cannot be switched by an override: the preset's schema would not fit it
+    assert main(["eval", "--config", "demo_synthetic", "--checkpoint", checkpoint, "task=mono3d"]) == 2
+    assert "use a mono3d preset" in capsys.readouterr().err
+
+
+def test_files_that_are_not_checkpoints_are_one_line_everywhere(tmp_path, capsys):
+    bad = tmp_path / "random.pth"
+    bad.write_bytes(os.urandom(4096))
+    for argv in (["predict", "--checkpoint", str(bad), str(bad)],
+                 ["eval", "--config", "demo_synthetic", "--checkpoint", str(bad)],
+                 ["train", "--resume", str(bad), "--output-dir", str(tmp_path / "run")]):
+        assert main(argv) == 2
+        lines = _error_lines(capsys)
+        assert len(lines) == 1 and str(bad) in lines[0] and "not a file written by torch.save" in lines[0]
+        assert "weights_only" not in lines[0]
+
+
+def test_warnings_print_as_one_line_each(tmp_path, capsys):
+    import torch
+    from PIL import Image
+
+    from deformdetr.models import deformable_detr
+
+    model = deformable_detr("multi_scale", num_classes=3, backbone="resnet18", hidden_dim=64, nheads=2,
+                            enc_layers=1, dec_layers=1, dim_feedforward=32, num_queries=4)
+    path = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict(), "args": dict(vars(model.config))}, path)
+    Image.new("RGB", (40, 30)).save(tmp_path / "ok.png")
+    missing = tmp_path / "missing.png"
+    assert main(["predict", "--checkpoint", str(path), str(tmp_path / "ok.png"), str(missing), "--output-dir",
+                 str(tmp_path / "out"), "--device", "cpu"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "it/s]" not in line and line.strip()]
+    warning = [line for line in err if "warning:" in line]
+    assert warning == [f"deformdetr: warning: predict: skipping cannot load image {str(missing)!r}: file not found"]
+    assert not any("warnings.warn" in line or ".py:" in line for line in err)
+
+
+def test_what_one_process_of_a_distributed_run_says_is_said_once(tmp_path, monkeypatch, capsys):
+    import deformdetr.engine.distributed as dist
+    import deformdetr.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kwargs: {"eval": {"AP": 0.5, "AP50": 0.7},
+                                                                  "minutes": 1.0, "output_dir": "out"})
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    assert main(["train", "--output-dir", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(dist, "rank", lambda: 0)
+    assert main(["train", "--output-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["COCO box AP 0.500, AP50 0.700", "outputs in out (1.0 min)"]

@@ -25,7 +25,7 @@ def test_official_variant_presets_build_their_variant(preset, levels, dilation, 
     from deformdetr.engine.tasks.detection import DetectionTask
 
     cfg = load_config(preset, ["model.enc_layers=1", "model.dec_layers=1"])
-    model, _ = DetectionTask().build_model(cfg, load_pretrained=False)
+    model, _ = DetectionTask(cfg).build_model(load_pretrained=False)
     c = model.config
     assert (c.num_feature_levels, c.dilation, c.with_box_refine, c.two_stage) == (levels, dilation, refine, two_stage)
     assert (cfg["train"]["lr"], cfg["train"]["lr_backbone"], cfg["train"]["epochs"], cfg["train"]["lr_drop"]) == (
@@ -36,7 +36,7 @@ def test_model_settings_override_the_variant():
     from deformdetr.engine.tasks.detection import DetectionTask
 
     cfg = load_config("demo_synthetic", ["model.variant=box_refine", "model.num_feature_levels=3"])
-    model, _ = DetectionTask().build_model(cfg, load_pretrained=False)
+    model, _ = DetectionTask(cfg).build_model(load_pretrained=False)
     assert model.config.num_feature_levels == 3 and model.config.with_box_refine
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 
 def _info(args) -> int:
@@ -41,6 +42,8 @@ def _config(args):
 
 
 def _train(args) -> int:
+    from deformdetr.engine import distributed as dist
+    from deformdetr.engine.tasks import get_task
     from deformdetr.engine.trainer import CHECKPOINT_NAME, train
 
     cfg = _config(args)
@@ -49,8 +52,9 @@ def _train(args) -> int:
     except KeyboardInterrupt:
         _report_interrupted(os.path.join(cfg["output_dir"], CHECKPOINT_NAME))
         return 130
-    _print_eval(result["eval"], cfg["task"])
-    print(f"outputs in {result['output_dir']} ({result['minutes']:.1f} min)")
+    if dist.is_main_process():  # the other processes of a distributed run have nothing to add
+        _print_metrics(get_task(cfg), result["eval"])
+        print(f"outputs in {result['output_dir']} ({result['minutes']:.1f} min)")
     return 0
 
 
@@ -62,28 +66,23 @@ def _report_interrupted(checkpoint: str) -> None:
         print("\ninterrupted before the first epoch finished; nothing was saved", file=sys.stderr)
 
 
-def _print_eval(stats: dict, task: str) -> None:
-    if not stats:
-        return
-    if task == "mono3d":  # KITTI AP (R40, moderate) of each class and kind, in percent
-        shown = {k: v for k, v in stats.items() if k.endswith("_moderate_R40")}
-        print("KITTI AP|R40 moderate " + ", ".join(f"{k.removesuffix('_moderate_R40')} {v:.2f}"
-                                                   for k, v in shown.items()))
-    else:
-        print("COCO box " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.startswith("AP")))
+def _print_metrics(task, metrics: dict) -> None:
+    if metrics:
+        print(task.format_metrics(metrics))
 
 
 def _eval(args) -> int:
+    from deformdetr.engine.tasks import get_task
     from deformdetr.engine.trainer import evaluate_checkpoint
 
     cfg = _config(args)
     if args.json:
         _check_writable(args.json)  # before the evaluation, not after it
-    stats = evaluate_checkpoint(cfg, args.checkpoint, args.results_dir)
-    _print_eval(stats, cfg["task"])
-    if args.json:
+    metrics = evaluate_checkpoint(cfg, args.checkpoint, args.results_dir)
+    _print_metrics(get_task(cfg), metrics)
+    if args.json and metrics:
         with open(args.json, "w") as handle:
-            json.dump(stats, handle, indent=2)
+            json.dump(metrics, handle, indent=2)
     return 0
 
 
@@ -116,76 +115,26 @@ def _minutes(text: str) -> float:
     return value
 
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-
-
-def _image_paths(inputs) -> list[str]:
-    """The image files named, and those in the folders named, without the drawings an earlier
-    predict wrote into such a folder (listed in its predictions.json)."""
-    paths = []
-    for item in inputs:
-        if os.path.isdir(item):
-            drawn = _earlier_drawings(item)
-            paths += sorted(p for p in glob.glob(os.path.join(item, "*"))
-                            if p.lower().endswith(_IMAGE_SUFFIXES) and os.path.abspath(p) not in drawn)
-        else:
-            paths.append(item)
-    if not paths:
-        raise SystemExit(f"no images given (files, or folders of {'/'.join(_IMAGE_SUFFIXES)})")
-    return paths
-
-
-def _earlier_drawings(folder: str) -> set:
-    from deformdetr.engine.predict import PREDICTIONS_NAME
-
-    try:
-        with open(os.path.join(folder, PREDICTIONS_NAME)) as handle:
-            records = json.load(handle)
-        return {os.path.abspath(r["png"]) for r in records if isinstance(r, dict) and "png" in r}
-    except (OSError, ValueError, TypeError):
-        return set()
-
-
-def _load_for_prediction(checkpoint_path: str):
-    """(model, eval transform, class names) from a trainer checkpoint or an official one."""
-
-    from deformdetr.data.transforms import make_coco_transforms
-    from deformdetr.models.checkpoint import load_weights, read_checkpoint
-    from deformdetr.engine.tasks import get_task
-    from deformdetr.engine.tasks.detection import transform_settings
-    from deformdetr.models import load_checkpoint
-
-    state = read_checkpoint(checkpoint_path)
-    if "config" in state:
-        cfg = state["config"]
-        if cfg["task"] != "detection":
-            raise SystemExit(f"predict draws 2D detections; this checkpoint is a {cfg['task']} model")
-        model, _ = get_task(cfg).build_model(cfg, load_pretrained=False)
-        load_weights(model, state["model"], checkpoint_path)
-        transform = make_coco_transforms("val", **transform_settings(cfg["data"]))
-        return model, transform, state.get("class_names", {})
-    return load_checkpoint(checkpoint_path), make_coco_transforms("val"), {}
-
-
 def _predict(args) -> int:
-    from deformdetr.engine.predict import predict_images
+    from deformdetr.engine.predict import PREDICTIONS_NAME, SKIPPED_NAME, image_files, load_for_prediction
     from deformdetr.engine.trainer import resolve_device
 
-    model, transform, names = _load_for_prediction(args.checkpoint)
-    records = predict_images(model, _image_paths(args.images), args.output_dir, transform,
-                             resolve_device(args.device), args.threshold, names)
+    task, model, names = load_for_prediction(args.checkpoint)
+    records = task.predict_images(model, image_files(args.images), args.output_dir, resolve_device(args.device),
+                                  args.threshold, names)
     found = sum(len(r["detections"]) for r in records)
-    print(f"{found} detections in {len(records)} images -> {os.path.join(args.output_dir, 'predictions.json')}")
+    print(f"{found} detections in {len(records)} images -> {os.path.join(args.output_dir, PREDICTIONS_NAME)}")
     if records.skipped:
-        print(f"{len(records.skipped)} images could not be read: see "
-              f"{os.path.join(args.output_dir, 'skipped.json')}", file=sys.stderr)
+        count = len(records.skipped)
+        print(f"{count} image{'s' if count > 1 else ''} could not be read: see "
+              f"{os.path.join(args.output_dir, SKIPPED_NAME)}", file=sys.stderr)
     return 0
 
 
 def _demo(args) -> int:
     from deformdetr.configs import load_config
-    from deformdetr.engine.predict import predict_images
-    from deformdetr.engine.trainer import resolve_device, train
+    from deformdetr.engine.predict import load_for_prediction
+    from deformdetr.engine.trainer import CHECKPOINT_NAME, resolve_device, train
 
     overrides = [f"output_dir={args.output_dir}", f"data.root={os.path.join(args.output_dir, 'data')}",
                  f"train.max_minutes={args.minutes}"] + list(args.overrides)
@@ -196,14 +145,13 @@ def _demo(args) -> int:
           f"-> COCO eval -> predictions in {args.output_dir}", flush=True)
     # The demo is meant to be run again: a new run replaces the previous demo's outputs.
     result = train(cfg, overwrite=True)
-    stats = result["eval"]
-    checkpoint = os.path.join(cfg["output_dir"], "checkpoint.pth")
-    model, transform, names = _load_for_prediction(checkpoint)
+    metrics = result["eval"]
+    task, model, names = load_for_prediction(os.path.join(cfg["output_dir"], CHECKPOINT_NAME))
     val_images = sorted(glob.glob(os.path.join(cfg["data"]["root"], "val2017", "*")))[: args.num_images]
     predictions = os.path.join(cfg["output_dir"], "predictions")
-    predict_images(model, val_images, predictions, transform, device, args.threshold, names)
-    _print_eval(stats, cfg["task"])
-    print(f"demo done in {(time.time() - started) / 60:.1f} min: AP50 {stats.get('AP50', 0):.3f}; "
+    task.predict_images(model, val_images, predictions, device, args.threshold, names)
+    _print_metrics(task, metrics)
+    print(f"demo done in {(time.time() - started) / 60:.1f} min: AP50 {metrics.get('AP50', 0):.3f}; "
           f"curves {os.path.join(cfg['output_dir'], 'curves.png')}; pictures in {predictions}")
     return 0
 
@@ -230,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", "-c", default="demo_synthetic")
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--json", help="also write the metrics to this file")
-    evaluate.add_argument("--results-dir", help="mono3d: also write KITTI result files (one .txt per image)")
+    evaluate.add_argument("--results-dir", help="also write the predictions in the benchmark's format "
+                                                "(KITTI: a .txt per image; COCO: a results JSON)")
     evaluate.add_argument("overrides", nargs="*", help=overrides_help)
     evaluate.set_defaults(run=_eval)
 
@@ -272,11 +221,22 @@ def _with_default_bench(argv: list) -> list:
     return argv
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as a person reads them: what happened, one line, without Python's echo of the
+    source line that warned."""
+    from tqdm import tqdm
+
+    text = " ".join(str(message).split())
+    tqdm.write(f"deformdetr: warning: {text}", file=sys.stderr if file is None else file)  # not into a bar
+
+
 def main(argv=None) -> int:
     argv = _with_default_bench(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"\ndeformdetr {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -23,7 +23,7 @@ def all_files(root):
 def build_synthetic(kind, root, *overrides):
     preset, size, _, _ = KINDS[kind]
     cfg = load_config(preset, [f"data.root={root}", size, "data.synthetic.num_val=2", *overrides])
-    return get_task(cfg).build_datasets(cfg)
+    return get_task(cfg).build_datasets()
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -52,3 +52,44 @@ def test_a_set_without_a_record_of_its_settings_is_used_as_it_is(tmp_path, capsy
     generate_synthetic_coco(root, num_train=3, num_val=2, image_size=32, seed=0)
     train, _ = build_synthetic("coco", root, "data.synthetic.num_train=8")
     assert len(train) == 3 and "as it is" in capsys.readouterr().err
+
+
+def test_the_registry_names_its_tasks_and_refuses_others():
+    from deformdetr.configs import ConfigError
+    from deformdetr.engine.tasks import task_class, task_for_family, task_names
+    from deformdetr.engine.tasks.base import Task
+
+    assert task_names() == ["detection", "mono3d"]
+    for name in task_names():
+        cls = task_class(name)
+        assert issubclass(cls, Task) and cls.name == name and task_for_family(cls.family) is cls
+    with pytest.raises(ConfigError, match="unknown task 'segmentation'; the tasks are: detection, mono3d"):
+        task_class("segmentation")
+
+
+def test_mono3d_test_keys_choose_what_is_evaluated(tmp_path):
+    """test.threshold and test.topk decide which decoded detections are scored and written."""
+    import torch
+
+    from deformdetr.engine.trainer import _loader
+
+    root = tmp_path / "kitti"
+    overrides = [f"data.root={root}", "data.synthetic.image_size=[32,96]", "data.synthetic.num_train=2",
+                 "data.synthetic.num_val=2", "data.resolution=[96,32]", "data.num_workers=0", "device=cpu",
+                 "model.hidden_dim=32", "model.nheads=2", "model.enc_layers=1", "model.dec_layers=1",
+                 "model.num_queries=5", "model.group_num=1", "model.dim_feedforward=32"]
+
+    def written_lines(*test_keys):
+        cfg = load_config("monodetr_synthetic", overrides + list(test_keys))
+        task = get_task(cfg)
+        torch.manual_seed(0)
+        model, _ = task.build_model(load_pretrained=False)
+        _, val = task.build_datasets()
+        results = tmp_path / "_".join(test_keys)
+        task.evaluate(model, _loader(val, task.collate_fn, 2, False, 0, 0, 0), val, torch.device("cpu"),
+                      torch.no_grad, str(results))
+        return sum(len(p.read_text().splitlines()) for p in results.iterdir())
+
+    assert written_lines("test.threshold=0", "test.topk=4") == 2 * 4  # every one of the top 4 per image
+    assert written_lines("test.threshold=0", "test.topk=2") == 2 * 2
+    assert written_lines("test.threshold=1") == 0  # an untrained model scores nothing that high

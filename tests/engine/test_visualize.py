@@ -5,6 +5,8 @@ import json
 
 from PIL import Image
 
+from deformdetr.engine.tasks.detection import DetectionTask
+from deformdetr.engine.tasks.mono3d import Mono3DTask
 from deformdetr.engine.visualize import draw_detections, plot_log
 
 
@@ -26,16 +28,16 @@ def test_plot_log_writes_a_png(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text("\n".join(json.dumps({"epoch": e, "train_loss": 5 - e, "test_AP": 0.1 * e,
                                           "test_AP50": 0.2 * e, "test_AP75": 0.05 * e}) for e in range(3)))
-    out = plot_log(str(log), str(tmp_path / "curves.png"))
+    out = plot_log(str(log), str(tmp_path / "curves.png"), DetectionTask.plot_panel)
     assert Image.open(out).size[0] > 100
 
 
-def right_panel(records):
+def right_panel(records, panel):
     import matplotlib.pyplot as plt
 
     from deformdetr.engine.visualize import log_figure
 
-    figure = log_figure(records)
+    figure = log_figure(records, panel)
     axis = figure.axes[1]
     curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axis.get_lines()}
     label, limits = axis.get_ylabel(), axis.get_ylim()
@@ -46,7 +48,7 @@ def right_panel(records):
 def test_detection_log_plots_coco_ap():
     records = [{"epoch": e, "train_loss": 5 - e, "test_AP": 0.1 * e, "test_AP50": 0.2 * e, "test_AP75": 0.05 * e}
                for e in range(3)]
-    label, limits, curves = right_panel(records)
+    label, limits, curves = right_panel(records, DetectionTask.plot_panel)
     assert label == "COCO box AP" and limits == (0, 1)
     assert sorted(curves) == ["AP", "AP50", "AP75"] and curves["AP50"] == ([0, 1, 2], [0.0, 0.2, 0.4])
 
@@ -56,7 +58,7 @@ def test_mono3d_log_plots_kitti_headline_metrics():
     records = [{"epoch": 0, "train_loss": 9.0},  # not evaluated this epoch
                {"epoch": 1, "train_loss": 8.0, "test_Car_3d_moderate_R40": 12.5, "test_Car_bev_moderate_R40": 20.0,
                 "test_Pedestrian_3d_moderate_R40": 3.0, "test_AP_unrelated": 1}]
-    label, limits, curves = right_panel(records)
+    label, limits, curves = right_panel(records, Mono3DTask.plot_panel)
     assert "KITTI" in label and "R40" in label and "moderate" in label and limits == (0, 100)
     assert curves == {"Car 3D": ([1], [12.5]), "Car BEV": ([1], [20.0])}
 

@@ -1,11 +1,11 @@
 """YAML presets and their overrides.
 
-A config has a ``task`` ("detection": Deformable DETR on COCO-format data; "mono3d": MonoDETR on
-KITTI-format data), four sections, ``model`` (for detection, the settings of
-:class:`~deformdetr.models.deformable_detr.DeformableDETRConfig` plus ``variant`` and
-``pretrained_backbone``), ``data``, ``train`` and ``loss``, plus ``output_dir`` and ``device``.
-Names follow the official ``main.py`` arguments. A preset may name a ``base`` preset whose values
-it overrides. Overrides on the command line are ``section.key=value`` with YAML values.
+A config has a ``task`` (a registered task of deformdetr.engine.tasks, e.g. "detection" for
+Deformable DETR on COCO-format data), whose schema file (``configs/_defaults*.yaml``) lists every
+key the config may hold with its default: sections such as ``model``, ``data``, ``train`` and
+``loss``, plus ``output_dir`` and ``device``. Names follow the official code's arguments. A preset
+may name a ``base`` preset whose values it overrides. Overrides on the command line are
+``section.key=value`` with YAML values.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-__all__ = ["PRESETS", "ConfigError", "load_config", "apply_overrides", "parse_device", "preset_names"]
+__all__ = ["PRESETS", "ConfigError", "load_config", "apply_overrides", "complete", "parse_device", "preset_names"]
 
 
 class ConfigError(ValueError):
@@ -34,15 +34,24 @@ def preset_names() -> list[str]:
 
 PRESETS = preset_names()
 
-# The schemas, one per task: every key a config may hold, with its default. Presets only change
-# values. A preset picks its schema with its top-level ``task`` key (default: detection).
-_SCHEMA_FILES = {"detection": "_defaults.yaml", "mono3d": "_defaults_mono3d.yaml"}
+# Every task has a schema: every key a config may hold, with its default. Presets only change
+# values. A preset picks its schema with its top-level ``task`` key (default: the registry's).
+
+
+def _default_task() -> str:
+    from deformdetr.engine.tasks import DEFAULT_TASK
+
+    return DEFAULT_TASK
+
+
+def _task_class(name: Any):
+    from deformdetr.engine.tasks import task_class
+
+    return task_class(name)
 
 
 def _schema(task: str) -> dict:
-    if task not in _SCHEMA_FILES:
-        raise ConfigError(f"task must be one of {sorted(_SCHEMA_FILES)}, got {task!r}")
-    return yaml.safe_load(resources.files(__package__).joinpath(_SCHEMA_FILES[task]).read_text())
+    return yaml.safe_load(resources.files(__package__).joinpath(_task_class(task).schema).read_text())
 
 
 def _read_yaml(name_or_path: str) -> dict:
@@ -144,7 +153,7 @@ def _beside(config_file: str, base: str) -> str:
 
 def _resolve(name_or_path: str) -> dict:
     chain = _chain(name_or_path)
-    task = next((data["task"] for _, data in reversed(chain) if "task" in data), "detection")
+    task = next((data["task"] for _, data in reversed(chain) if "task" in data), _default_task())
     config = _schema(task)
     for origin, data in chain:
         config = _merge(config, data, origin)
@@ -186,17 +195,38 @@ def _parse_value(raw: str, override: str) -> Any:
 
 def load_config(name_or_path: str, overrides: Optional[Iterable[str]] = None) -> dict:
     """A preset name (see ``PRESETS``) or a YAML file, with overrides applied and checked."""
-    config = apply_overrides(_resolve(name_or_path), overrides or [])
+    resolved = _resolve(name_or_path)
+    config = apply_overrides(resolved, overrides or [])
+    if config["task"] != resolved["task"]:
+        _task_class(config["task"])  # an unknown one is named as such
+        raise ConfigError(f"task={config['task']} cannot be set by an override: the task decides which "
+                          f"keys a config has; use a {config['task']} preset or YAML file instead")
     _check(config)
     return config
 
 
-def _check(config: dict) -> None:
-    from deformdetr.models.deformable_detr import VARIANTS
+def complete(saved: dict) -> dict:
+    """A config saved with a checkpoint, on its task's current schema: keys added since it was
+    saved take their defaults, keys since removed are dropped."""
+    config = _schema(saved.get("task", _default_task()))
+    return _merge_known(config, saved)
 
-    if config["task"] == "detection" and config["model"]["variant"] not in VARIANTS:
-        raise ConfigError(f"model.variant must be one of {list(VARIANTS)}, got {config['model']['variant']!r}")
-    datasets = {"detection": ("coco", "synthetic"), "mono3d": ("kitti", "synthetic")}[config["task"]]
+
+def _merge_known(base: dict, update: Mapping) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if key not in merged:
+            continue
+        if isinstance(merged[key], dict) and merged[key] and isinstance(value, Mapping):
+            merged[key] = _merge_known(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _check(config: dict) -> None:
+    task = _task_class(config["task"])
+    datasets = task.datasets
     if config["data"]["dataset"] not in datasets:
         raise ConfigError(f"data.dataset must be one of {datasets}, got {config['data']['dataset']!r}")
     if config["train"]["amp"] not in ("off", "bf16", "fp16"):
@@ -213,6 +243,7 @@ def _check(config: dict) -> None:
                           f"limit), got {minutes!r}")
     if config["device"] != "auto":
         parse_device(config["device"])
+    task.check_config(config)
 
 
 def parse_device(spec: Any):

@@ -1,7 +1,10 @@
-"""Detections on image files: a JSON file of boxes and, per image, a PNG with the boxes drawn."""
+"""Prediction on image files: the model of a checkpoint with the task it belongs to, the image
+files named (and those in folders named), and 2D detections written as a JSON file of boxes and,
+per image, a PNG with the boxes drawn."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import warnings
@@ -13,10 +16,56 @@ from tqdm import tqdm
 from deformdetr.engine.visualize import draw_detections
 from deformdetr.models.postprocess import PostProcess
 
-__all__ = ["Predictions", "drawing_names", "predict_images"]
+__all__ = ["Predictions", "drawing_names", "predict_images", "image_files", "load_for_prediction"]
 
 PREDICTIONS_NAME = "predictions.json"
 SKIPPED_NAME = "skipped.json"
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def load_for_prediction(checkpoint_path: str):
+    """(task, model, class names) of a checkpoint: ours carry their config (and class names);
+    an official one gets its task's default config."""
+    from deformdetr.configs import complete
+    from deformdetr.engine.tasks import get_task, task_for_family
+    from deformdetr.models.checkpoint import family_of, model_from_checkpoint, model_state_of, read_checkpoint
+
+    checkpoint = read_checkpoint(checkpoint_path)
+    saved = checkpoint.get("config")
+    if isinstance(saved, dict) and "task" in saved:
+        cfg = complete(saved)
+    else:
+        family = family_of(model_state_of(checkpoint, checkpoint_path), checkpoint_path).name
+        cfg = complete({"task": task_for_family(family).name})
+    model = model_from_checkpoint(checkpoint, checkpoint_path)
+    return get_task(cfg), model, checkpoint.get("class_names", {})
+
+
+def image_files(inputs: Sequence[str]) -> list[str]:
+    """The image files named, and those in the folders named, without the drawings an earlier
+    predict wrote into such a folder (listed in its predictions.json)."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            drawn = _earlier_drawings(item)
+            paths += sorted(p for p in glob.glob(os.path.join(item, "*"))
+                            if p.lower().endswith(IMAGE_SUFFIXES) and os.path.abspath(p) not in drawn)
+        else:
+            paths.append(item)
+    if not paths:
+        raise ValueError(f"no images given (files, or folders of {'/'.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def _earlier_drawings(folder: str) -> set:
+    try:
+        with open(os.path.join(folder, PREDICTIONS_NAME)) as handle:
+            records = json.load(handle)
+        return {os.path.abspath(r["png"]) for r in records if isinstance(r, dict) and "png" in r}
+    except (OSError, ValueError, TypeError):
+        return set()
 
 
 class Predictions(list):

@@ -17,12 +17,12 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
-from deformdetr.configs import parse_device
+from deformdetr.configs import complete, parse_device
 from deformdetr.engine import distributed as dist
 from deformdetr.engine.checkpoint import preserved_rng, restore_rng_state, rng_state, save_atomic
-from deformdetr.engine.tasks import get_task
+from deformdetr.engine.tasks import DEFAULT_TASK, get_task
 from deformdetr.engine.outputs import as_float32
-from deformdetr.models.checkpoint import load_weights, model_state_of, read_checkpoint
+from deformdetr.models.checkpoint import family_of, load_weights, model_state_of, read_checkpoint
 from deformdetr.models.criterion import is_layer_copy
 
 __all__ = ["resolve_device", "train", "train_one_epoch", "evaluate_checkpoint"]
@@ -188,15 +188,15 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
     # Data first, so that its errors come before any model is built or weights are downloaded.
     # (Building the datasets draws no random numbers; preserved_rng keeps it that way.)
     with preserved_rng():
-        train_set, val_set = task.build_datasets(cfg)
+        train_set, val_set = task.build_datasets()
     if len(train_set) < batch_size * dist.world_size():
         raise ValueError(f"the training split has {len(train_set)} samples, fewer than one batch "
                          f"(train.batch_size={batch_size} x {dist.world_size()} processes): no step "
                          f"would be taken")
-    model, criterion = task.build_model(cfg, load_pretrained=checkpoint is None)
+    model, criterion = task.build_model(load_pretrained=checkpoint is None)
     model.to(device)
-    optimizer = task.build_optimizer(model, train_cfg)
-    scheduler = task.build_scheduler(optimizer, train_cfg)
+    optimizer = task.build_optimizer(model)
+    scheduler = task.build_scheduler(optimizer)
     start_epoch = 0
     if checkpoint is not None:
         load_weights(model, checkpoint["model"], resume, hint=_SAME_CONFIG)
@@ -257,29 +257,30 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
     if dist.is_main_process():
         from deformdetr.engine.visualize import plot_log
 
-        plot_log(os.path.join(output_dir, LOG_NAME), os.path.join(output_dir, "curves.png"))
+        plot_log(os.path.join(output_dir, LOG_NAME), os.path.join(output_dir, "curves.png"), task.plot_panel)
     dist.barrier()
     return {"eval": last_eval, "minutes": (time.time() - started) / 60, "output_dir": output_dir}
 
 
 def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[str] = None) -> dict:
     """The task's metrics of a checkpoint (ours or official) on the config's validation split;
-    for mono3d, ``results_dir`` also receives the KITTI result files."""
+    ``results_dir`` also receives the predictions in the benchmark's format (the task's)."""
     device = resolve_device(cfg["device"])
     dist.init_distributed(device)
-    task = get_task(cfg)
-    if results_dir is not None:
-        if cfg["task"] != "mono3d":
-            raise ValueError("results_dir (KITTI result files) is for mono3d configs")
-        task.results_dir = results_dir
     state = read_checkpoint(checkpoint_path)
     cfg = _with_model_of_checkpoint(cfg, state, checkpoint_path)
-    model, _ = task.build_model(cfg, load_pretrained=False)
-    load_weights(model, model_state_of(state, checkpoint_path), checkpoint_path, hint=_SAME_CONFIG)
+    task = get_task(cfg)
+    weights = model_state_of(state, checkpoint_path)
+    family = family_of(weights, checkpoint_path).name
+    if family != task.family:
+        raise ValueError(f"{checkpoint_path!r} holds a {family} model, not a {task.family} one: evaluate it "
+                         f"with a config of the task for {family} models")
+    model, _ = task.build_model(load_pretrained=False)
+    load_weights(model, weights, checkpoint_path, hint=_SAME_CONFIG)
     model.to(device)
-    _, val_set = task.build_datasets(cfg)
+    _, val_set = task.build_datasets()
     loader = _loader(val_set, task.collate_fn, cfg["train"]["batch_size"], False, cfg["data"]["num_workers"], 0, 0)
-    return task.evaluate(model, loader, val_set, device, lambda: _autocast(device, cfg["train"]["amp"]))
+    return task.evaluate(model, loader, val_set, device, lambda: _autocast(device, cfg["train"]["amp"]), results_dir)
 
 
 def _with_model_of_checkpoint(cfg: dict, state: dict, path: str) -> dict:
@@ -288,9 +289,9 @@ def _with_model_of_checkpoint(cfg: dict, state: dict, path: str) -> dict:
     saved = state.get("config")
     if not isinstance(saved, dict) or "model" not in saved:
         return cfg
-    if saved.get("task", "detection") != cfg["task"]:
+    if saved.get("task", DEFAULT_TASK) != cfg["task"]:
         raise ValueError(f"{path!r} is a {saved.get('task')} checkpoint; evaluate it with a "
                          f"{saved.get('task')} config, not a {cfg['task']} one")
     if saved["model"] != cfg["model"] and dist.is_main_process():
         print(f"using the model settings saved in {path}", file=sys.stderr)
-    return {**cfg, "model": saved["model"]}
+    return {**cfg, "model": complete(saved)["model"]}

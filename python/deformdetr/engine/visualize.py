@@ -36,25 +36,7 @@ def draw_detections(image: Image.Image, boxes: Sequence[Sequence[float]], labels
     return canvas
 
 
-#: The validation panel per task: the curves ((log key, legend), ...; the first key that the log
-#: holds decides), the axis label and range. Detection logs COCO AP as fractions, mono3d KITTI AP
-#: in % (its headline metrics, engine/tasks/mono3d.py).
-_METRIC_PANELS = (
-    ((("test_AP", "AP"), ("test_AP50", "AP50"), ("test_AP75", "AP75")), "COCO box AP", (0, 1)),
-    ((("test_Car_3d_moderate_R40", "Car 3D"), ("test_Car_bev_moderate_R40", "Car BEV")),
-     "KITTI AP R40, moderate (%)", (0, 100)),
-)
-
-
-def _metric_panel(records: list[dict]):
-    """(curves, label, range) of the first panel whose first key some record holds, or None."""
-    for curves, label, limits in _METRIC_PANELS:
-        if any(curves[0][0] in r for r in records):
-            return curves, label, limits
-    return None
-
-
-def plot_log(log_path: str, png_path: str) -> Optional[str]:
+def plot_log(log_path: str, png_path: str, panel: Optional[tuple] = None) -> Optional[str]:
     """Training loss and the validation metrics per epoch from the trainer's log, as a PNG (see
     :func:`log_figure`); None when there is no log or it is empty."""
     if not os.path.exists(log_path):
@@ -62,7 +44,7 @@ def plot_log(log_path: str, png_path: str) -> Optional[str]:
     records = [json.loads(line) for line in open(log_path) if line.strip()]
     if not records:
         return None
-    figure = log_figure(records)  # first: it selects the file-only backend before pyplot loads
+    figure = log_figure(records, panel)  # first: it selects the file-only backend before pyplot loads
     import matplotlib.pyplot as plt
 
     figure.savefig(png_path, dpi=100)
@@ -70,9 +52,10 @@ def plot_log(log_path: str, png_path: str) -> Optional[str]:
     return png_path
 
 
-def log_figure(records: list[dict]):
+def log_figure(records: list[dict], panel: Optional[tuple] = None):
     """A matplotlib figure of the log records: the training loss (left) and the validation
-    metrics (right): COCO box AP for detection, KITTI Car AP R40 (3D and BEV, moderate) for mono3d."""
+    metrics (right). ``panel`` (a task's ``plot_panel``: ((log key, legend), ...), axis label,
+    axis range) says which; None: no validation curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,8 +65,7 @@ def log_figure(records: list[dict]):
     epochs = [r["epoch"] for r in records]
     loss_axis.plot(epochs, [r.get("train_loss") for r in records], marker="o")
     loss_axis.set(title="training loss", xlabel="epoch", ylabel="weighted loss")
-    panel = _metric_panel(records)
-    if panel is None:
+    if panel is None or not any(key in r for r in records for key, _ in panel[0]):
         metric_axis.set(title="validation", xlabel="epoch")
         metric_axis.text(0.5, 0.5, "no evaluation in the log", ha="center", va="center",
                          transform=metric_axis.transAxes)

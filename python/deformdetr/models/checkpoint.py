@@ -32,6 +32,7 @@ __all__ = [
     "WeightReport",
     "load_weights",
     "load_checkpoint",
+    "model_from_checkpoint",
     "CheckpointError",
 ]
 
@@ -223,7 +224,12 @@ def load_checkpoint(path: str, map_location="cpu", strict: bool = True, family: 
     default, with a warning) and replace what they can (``num_classes=7`` for fine-tuning, with
     ``strict=False``: weights missing from the file or of another shape keep their
     initialisation, with a warning naming them)."""
-    checkpoint = read_checkpoint(path, map_location)
+    return model_from_checkpoint(read_checkpoint(path, map_location), path, strict, family, **overrides)
+
+
+def model_from_checkpoint(checkpoint: dict, path: str, strict: bool = True, family: Optional[str] = None,
+                          **overrides) -> nn.Module:
+    """:func:`load_checkpoint` of a checkpoint already read (``path`` names it in messages)."""
     state = model_state_of(checkpoint, path)
     chosen = _registered()[family] if family is not None else family_of(state, path)
     if family is not None and chosen.marker not in state:
@@ -241,7 +247,7 @@ def _warn_assumed(path: str, assumed: Sequence[str]) -> None:
     if assumed:
         warnings.warn(f"{path}: the checkpoint records no args, so these settings are assumed at "
                       f"the official defaults: {'; '.join(assumed)}. Pass the real ones to load_checkpoint "
-                      f"if the model was trained otherwise.", stacklevel=3)
+                      f"if the model was trained otherwise.", stacklevel=4)
 
 
 # ---- Reading settings off state dicts (shared by the families).

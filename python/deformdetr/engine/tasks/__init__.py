@@ -1,121 +1,52 @@
-"""What differs between the detectors the engine trains: a *task* builds the model, criterion and
-data sets from a config, turns a collated batch into the model's inputs and the targets, and
-evaluates. The training loop itself (engine.trainer) is one for all tasks.
+"""The tasks the engine runs, one per detector family, by name: a config's ``task`` picks one.
 
-A task provides:
-    build_model(cfg, load_pretrained) -> (model, criterion)
-    build_datasets(cfg) -> (train set, val set)
-    build_optimizer(model, train section), build_scheduler(optimizer, train section)
-    collate_fn(samples) -> batch
-    split_batch(batch, device) -> (model input tuple, targets on device)
-    evaluate(model, loader, dataset, device, autocast) -> {metric: value} (main process; {} elsewhere)
-    class_names(dataset) -> {label: name}
-"""
+A task (:class:`~deformdetr.engine.tasks.base.Task`) declares its config schema and builds the
+model, criterion, data sets, optimizer and schedule; it predicts, scores and formats its metrics.
+The trainer, the CLI and the configs reach tasks only through this registry."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from typing import Callable, Optional
+from deformdetr.engine.tasks.base import Task
 
-__all__ = ["get_task", "generate_synthetic_once", "SYNTHETIC_RECORD"]
+__all__ = ["Task", "register_task", "get_task", "task_class", "task_names", "task_for_family", "DEFAULT_TASK"]
 
-#: The file in data.root that records how the synthetic set there was generated.
-SYNTHETIC_RECORD = "synthetic_settings.json"
-_SETTING_KEYS = ("num_train", "num_val", "image_size", "seed")
+#: The task of a config that names none.
+DEFAULT_TASK = "detection"
+
+_TASKS: dict[str, type[Task]] = {}
 
 
-def generate_synthetic_once(data: dict, marker: str, generate: Callable) -> None:
-    """Writes the configured synthetic set into data.root unless it is there already, made with
-    the same settings: on the main process, while the others wait.
-
-    ``marker`` is a file the generator writes last. The settings (data.synthetic's num_train,
-    num_val, image_size, seed, and the marker, which tells the kinds of set apart) and the files
-    written are recorded in data.root/synthetic_settings.json. When the configured settings
-    differ from the recorded ones, the recorded files are removed and the set is generated again
-    (said on stderr). A root with the marker but no record (made by calling the generator
-    directly, or by an earlier version) is used as it is, with a note on stderr."""
-    from deformdetr.engine import distributed as dist
-
-    if dist.is_main_process():
-        _generate_unless_current(data, marker, generate)
-    # Every process waits here, also when nothing was generated: a process that skipped the
-    # barrier (having seen the marker early) would leave the others waiting for it.
-    dist.barrier()
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: makes ``cls`` the task of configs whose ``task`` is ``cls.name``."""
+    _TASKS[cls.name] = cls
+    return cls
 
 
-def _generate_unless_current(data: dict, marker: str, generate: Callable) -> None:
-    root = data["root"]
-    kwargs = {key: data["synthetic"][key] for key in _SETTING_KEYS}
-    settings = json.loads(json.dumps({**kwargs, "marker": marker}))  # tuples as lists, as read back
-    record = _read_record(root)
-    if os.path.exists(os.path.join(root, marker)):
-        if record is None:
-            print(f"deformdetr: using the synthetic data in {root} as it is (no record of its settings; "
-                  f"delete it to generate the configured set)", file=sys.stderr)
-            return
-        if record["settings"] == settings:
-            return
-    if record is not None:
-        print(f"deformdetr: the synthetic data in {root} does not match data.synthetic "
-              f"({_differences(record['settings'], settings)}): generating it again", file=sys.stderr)
-        _remove_files(root, record["files"])
-    before = _files_under(root)
-    generate(root, **kwargs)
-    written = sorted(_files_under(root) - before)
-    with open(os.path.join(root, SYNTHETIC_RECORD), "w") as handle:
-        json.dump({"settings": settings, "files": written}, handle, indent=1)
+def task_names() -> list[str]:
+    return sorted(_TASKS)
 
 
-def _read_record(root: str) -> Optional[dict]:
-    """The record of an earlier generation, or None (none, or not readable as one)."""
-    try:
-        with open(os.path.join(root, SYNTHETIC_RECORD)) as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("files"), list):
-        return None
-    return record
+def task_class(name) -> type[Task]:
+    """The task registered under ``name``; a ConfigError naming the registered ones otherwise."""
+    if name not in _TASKS:
+        from deformdetr.configs import ConfigError
+
+        raise ConfigError(f"unknown task {name!r}; the tasks are: {', '.join(task_names())}")
+    return _TASKS[name]
 
 
-def _differences(old: dict, new: dict) -> str:
-    keys = [k for k in new if old.get(k) != new[k]]
-    return ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in keys)
+def get_task(cfg: dict) -> Task:
+    """The task of a config, built on it."""
+    return task_class(cfg["task"])(cfg)
 
 
-def _files_under(root: str) -> set[str]:
-    """Paths (relative to ``root``) of the files under it."""
-    return {os.path.relpath(os.path.join(folder, name), root)
-            for folder, _, names in os.walk(root) for name in names}
+def task_for_family(family: str) -> type[Task]:
+    """The task whose models are of the model family ``family`` (deformdetr.models.checkpoint)."""
+    for cls in _TASKS.values():
+        if cls.family == family:
+            return cls
+    raise ValueError(f"no task uses {family} models")
 
 
-def _remove_files(root: str, files: list) -> None:
-    """Removes the recorded files, then the folders they leave empty; only inside ``root``, so a
-    damaged record cannot delete anything else."""
-    real_root = os.path.realpath(root)
-    folders = set()
-    for relative in files:
-        path = os.path.realpath(os.path.join(root, str(relative)))
-        if os.path.commonpath([real_root, path]) != real_root or path == real_root:
-            continue
-        if os.path.isfile(path):
-            os.remove(path)
-        folders.add(os.path.dirname(path))
-    for folder in sorted(folders, key=len, reverse=True):  # deepest first
-        while folder != real_root and os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
-            folder = os.path.dirname(folder)
-
-
-def get_task(cfg: dict):
-    if cfg["task"] == "detection":
-        from deformdetr.engine.tasks.detection import DetectionTask
-
-        return DetectionTask()
-    if cfg["task"] == "mono3d":
-        from deformdetr.engine.tasks.mono3d import Mono3DTask
-
-        return Mono3DTask()
-    raise ValueError(f"unknown task {cfg['task']!r}")
+# The tasks register themselves when their modules load.
+from deformdetr.engine.tasks import detection, mono3d  # noqa: E402,F401

@@ -1,0 +1,127 @@
+"""The task: everything particular to a kind of detector that the engine trains, evaluates and
+predicts with. The trainer, the CLI and the configs deal only with this interface; each detector
+family brings one subclass (see docs/design.md, "Adding a detector")."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, ClassVar, Optional
+
+import torch
+from tqdm import tqdm
+
+from deformdetr.engine import distributed as dist
+
+__all__ = ["Task", "to_device"]
+
+
+def to_device(targets, device):
+    """Per-image target dicts with their tensors on ``device``."""
+    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+class Task:
+    """A task is built on a config (``self.cfg``) whose schema it declares.
+
+    Subclasses set the class attributes and implement the methods that raise NotImplementedError;
+    :meth:`evaluate` is shared: it runs :meth:`predict_batch` over a loader, gathers the
+    per-image predictions of every rank and hands them to :meth:`score` on the main process."""
+
+    #: the config's ``task`` value
+    name: ClassVar[str]
+    #: the YAML file in deformdetr/configs holding every key of this task's configs, at its defaults
+    schema: ClassVar[str]
+    #: the model family (deformdetr.models.checkpoint) whose checkpoints this task uses
+    family: ClassVar[str]
+    #: the values ``data.dataset`` may take
+    datasets: ClassVar[tuple]
+    #: the metric that ranks checkpoints (higher is better)
+    headline: ClassVar[str]
+    #: curves.png's validation panel: ((log key, legend), ...), axis label, axis range
+    plot_panel: ClassVar[tuple]
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        """Checks particular to the task (raise configs.ConfigError); the common ones are the
+        config loader's."""
+
+    # ---- building ---------------------------------------------------------------------------
+
+    def build_model(self, load_pretrained: bool = True):
+        """(model, criterion) as the config says; ``load_pretrained``: the backbone's ImageNet
+        weights, when configured (not when weights come from a checkpoint)."""
+        raise NotImplementedError
+
+    def build_datasets(self):
+        """(train set, val set), checked against the model's settings."""
+        raise NotImplementedError
+
+    def build_optimizer(self, model) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def build_scheduler(self, optimizer):
+        """Stepped once per epoch."""
+        raise NotImplementedError
+
+    def collate_fn(self, samples):
+        raise NotImplementedError
+
+    def split_batch(self, batch, device) -> tuple:
+        """(the model's positional inputs, the targets) of a collated training batch, on ``device``."""
+        raise NotImplementedError
+
+    # ---- evaluation -------------------------------------------------------------------------
+
+    def predict_batch(self, model, batch, device, autocast: Callable) -> dict:
+        """{image id: the image's predictions, in the form :meth:`score` takes} of one batch."""
+        raise NotImplementedError
+
+    def score(self, predictions: dict, dataset, results_dir: Optional[str] = None) -> dict:
+        """The metrics of all images' predictions ({metric: value}, :attr:`headline` among them);
+        with ``results_dir``, the predictions are also written there in the benchmark's format."""
+        raise NotImplementedError
+
+    def format_metrics(self, metrics: dict) -> str:
+        """One line of the metrics a person reads first."""
+        raise NotImplementedError
+
+    def class_names(self, dataset) -> dict:
+        """{label: name} of the classes the model predicts."""
+        raise NotImplementedError
+
+    def predict_images(self, model, image_paths, output_dir: str, device, threshold: float,
+                       class_names: dict):
+        """Predictions on image files, written into ``output_dir`` (``deformdetr predict``)."""
+        raise ValueError(f"`deformdetr predict` does not handle {self.name} models yet")
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, dataset, device, autocast: Callable, results_dir: Optional[str] = None) -> dict:
+        """The task's metrics on ``dataset`` (on the main process; {} on the others)."""
+        model.eval()
+        per_image: dict = {}
+        for batch in tqdm(loader, desc="eval", disable=not dist.is_main_process(), leave=False,
+                          dynamic_ncols=True, file=sys.stderr):
+            per_image.update(self.predict_batch(model, batch, device, autocast))
+        # A DistributedSampler pads the split with repeated images; keying by image id drops them.
+        merged: dict = {}
+        for part in dist.all_gather_objects(per_image):
+            merged.update(part)
+        if not dist.is_main_process():
+            return {}
+        return self.score(merged, dataset, results_dir)
+
+    # ---- helpers for subclasses -------------------------------------------------------------
+
+    def generate_synthetic_once(self, marker: str, generate: Callable) -> None:
+        """The configured synthetic set in data.root, made on the main process while the others
+        wait (see data.synthetic_cache)."""
+        from deformdetr.data.synthetic_cache import generate_unless_current
+
+        if dist.is_main_process():
+            generate_unless_current(self.cfg["data"], marker, generate)
+        # Every process waits here, also when nothing was generated: a process that skipped the
+        # barrier (having seen the marker early) would leave the others waiting for it.
+        dist.barrier()
