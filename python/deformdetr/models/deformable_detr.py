@@ -27,6 +27,7 @@ from deformdetr.models.detector import (
     MLP,
     MultiScaleDetector,
     build_joiner,
+    config_values,
     load_pretrained_backbone,
     settings_of,
     transformer_arguments,
@@ -186,16 +187,8 @@ def build_deformable_detr(config: DeformableDETRConfig) -> DeformableDETR:
     transformer = DeformableTransformer(
         **transformer_arguments(config), two_stage=config.two_stage, two_stage_num_proposals=config.num_queries
     )
-    model = DeformableDETR(
-        backbone,
-        transformer,
-        num_classes=config.num_classes,
-        num_queries=config.num_queries,
-        num_feature_levels=config.num_feature_levels,
-        aux_loss=config.aux_loss,
-        with_box_refine=config.with_box_refine,
-        two_stage=config.two_stage,
-    )
+    model = DeformableDETR(backbone, transformer, **config_values(
+        config, "num_classes", "num_queries", "num_feature_levels", "aux_loss", "with_box_refine", "two_stage"))
     model.config = config
     return model
 

@@ -15,7 +15,7 @@ from deformdetr.models.backbone import Backbone, Joiner, load_backbone_weights
 from deformdetr.models.nested import resize_mask
 from deformdetr.models.position_encoding import build_position_encoding
 
-__all__ = ["MLP", "MultiScaleDetector", "build_joiner", "transformer_arguments", "settings_of",
+__all__ = ["MLP", "MultiScaleDetector", "build_joiner", "transformer_arguments", "config_values", "settings_of",
            "load_pretrained_backbone"]
 
 
@@ -87,6 +87,8 @@ def build_joiner(config, train_backbone: bool, **position_options) -> Joiner:
     """The ResNet and position encoding a family's settings describe (``backbone``, ``dilation``,
     ``num_feature_levels``, ``hidden_dim``, ``position_embedding``, ``backbone_from_scratch``);
     ``position_options`` go to :func:`build_position_encoding` (the families differ there)."""
+    # The position encoding first: module construction draws the random initial values in this order.
+    position = build_position_encoding(config.hidden_dim, config.position_embedding, **position_options)
     backbone = Backbone(
         config.backbone,
         train_backbone=train_backbone,
@@ -94,7 +96,7 @@ def build_joiner(config, train_backbone: bool, **position_options) -> Joiner:
         dilation=config.dilation,
         from_scratch=config.backbone_from_scratch,
     )
-    return Joiner(backbone, build_position_encoding(config.hidden_dim, config.position_embedding, **position_options))
+    return Joiner(backbone, position)
 
 
 def transformer_arguments(config) -> dict:
@@ -112,6 +114,11 @@ def transformer_arguments(config) -> dict:
         dec_n_points=config.dec_n_points,
         enc_n_points=config.enc_n_points,
     )
+
+
+def config_values(config, *names: str) -> dict:
+    """The named settings of ``config`` as keyword arguments (names the model takes as they are)."""
+    return {name: getattr(config, name) for name in names}
 
 
 def settings_of(config_class, family: str, base=None, **overrides):

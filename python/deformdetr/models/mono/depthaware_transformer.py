@@ -6,6 +6,7 @@ cross-attention), then an FFN. Reference points grow from (x, y) to 6-d boxes
 
 from __future__ import annotations
 
+import inspect
 
 import torch
 from torch import Tensor, nn
@@ -110,27 +111,16 @@ class DepthAwareTransformer(DeformableTransformer):
     """Deformable DETR's transformer (``encoder``, ``level_embed``, ``reference_points``) with the
     depth-aware decoder. Only the official default query setup (learned queries, no two-stage)."""
 
-    def __init__(
-        self,
-        d_model: int = 256,
-        nhead: int = 8,
-        num_encoder_layers: int = 6,
-        num_decoder_layers: int = 6,
-        dim_feedforward: int = 1024,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        return_intermediate_dec: bool = False,
-        num_feature_levels: int = 4,
-        dec_n_points: int = 4,
-        enc_n_points: int = 4,
-        group_num: int = 11,
-    ):
-        layer = DepthAwareDecoderLayer(d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead,
-                                       dec_n_points, group_num=group_num)
-        decoder = DepthAwareDecoder(layer, num_decoder_layers, return_intermediate_dec, d_model)
-        super().__init__(d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout,
-                         activation, return_intermediate_dec, num_feature_levels, dec_n_points, enc_n_points,
-                         two_stage=False, decoder=decoder)
+    def __init__(self, group_num: int = 11, **arguments):
+        """``arguments``: those of :class:`DeformableTransformer` (``two_stage`` is off)."""
+        given = inspect.signature(DeformableTransformer).bind(**arguments, two_stage=False)
+        given.apply_defaults()
+        a = given.arguments
+        # The decoder first: module construction draws the random initial values in this order.
+        layer = DepthAwareDecoderLayer(a["d_model"], a["dim_feedforward"], a["dropout"], a["activation"],
+                                       a["num_feature_levels"], a["nhead"], a["dec_n_points"], group_num=group_num)
+        decoder = DepthAwareDecoder(layer, a["num_decoder_layers"], a["return_intermediate_dec"], a["d_model"])
+        super().__init__(**{**a, "decoder": decoder})
         self.group_num = group_num
 
     def forward(self, srcs, masks, pos_embeds, query_embed: Tensor, depth_pos_embed: Tensor,

@@ -27,6 +27,7 @@ from deformdetr.models.detector import (
     MLP,
     MultiScaleDetector,
     build_joiner,
+    config_values,
     load_pretrained_backbone,
     settings_of,
     transformer_arguments,
@@ -197,27 +198,12 @@ def build_monodetr(config: MonoDETRConfig) -> MonoDETR:
     backbone = build_joiner(config, train_backbone=config.train_backbone, offset=0.0)
     transformer = DepthAwareTransformer(**transformer_arguments(config), group_num=config.group_num)
     depth_predictor = DepthPredictor(
-        d_model=config.hidden_dim,
-        num_depth_bins=config.num_depth_bins,
-        depth_min=config.depth_min,
-        depth_max=config.depth_max,
-        encoder_nhead=config.depth_encoder_nheads,
+        d_model=config.hidden_dim, encoder_nhead=config.depth_encoder_nheads,
         encoder_dim_feedforward=config.depth_encoder_dim_feedforward,
-        dropout=config.dropout,
-    )
-    model = MonoDETR(
-        backbone,
-        transformer,
-        depth_predictor,
-        num_classes=config.num_classes,
-        num_queries=config.num_queries,
-        num_feature_levels=config.num_feature_levels,
-        aux_loss=config.aux_loss,
-        with_box_refine=config.with_box_refine,
-        two_stage=config.two_stage,
-        init_box=config.init_box,
-        group_num=config.group_num,
-    )
+        **config_values(config, "num_depth_bins", "depth_min", "depth_max", "dropout"))
+    model = MonoDETR(backbone, transformer, depth_predictor, **config_values(
+        config, "num_classes", "num_queries", "num_feature_levels", "aux_loss", "with_box_refine", "two_stage",
+        "init_box", "group_num"))
     model.config = config
     return model
 
