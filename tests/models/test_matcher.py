@@ -8,30 +8,14 @@ import torch
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 from deformdetr.models import HungarianMatcher
-from deformdetr.ops import box_cxcywh_to_xyxy_reference, generalized_box_iou_reference
+from deformdetr.models.matcher import matching_cost_reference
 
 
-@torch.no_grad()
-def official_cost(outputs, targets, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25):
-    """The official (B, Q, sum T) cost in float64, from the definitions."""
-    batch, queries = outputs["pred_logits"].shape[:2]
-    prob = outputs["pred_logits"].double().flatten(0, 1).sigmoid()
-    pred_boxes = outputs["pred_boxes"].double().flatten(0, 1)
-    labels = torch.cat([t["labels"] for t in targets]).long()
-    boxes = torch.cat([t["boxes"] for t in targets]).double().reshape(-1, 4)
-    neg = (1 - alpha) * prob**2 * -(1 - prob + 1e-8).log()
-    pos = alpha * (1 - prob) ** 2 * -(prob + 1e-8).log()
-    class_cost = pos[:, labels] - neg[:, labels]
-    l1_cost = torch.cdist(pred_boxes, boxes, p=1)
-    giou_cost = -generalized_box_iou_reference(
-        box_cxcywh_to_xyxy_reference(pred_boxes), box_cxcywh_to_xyxy_reference(boxes)
-    )
-    cost = cost_bbox * l1_cost + cost_class * class_cost + cost_giou * giou_cost
-    return cost.view(batch, queries, -1)
-
-
-def official_matcher(outputs, targets, **weights):
-    cost = official_cost(outputs, targets, **weights)
+def official_matcher(outputs, targets, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25):
+    """The official algorithm: the whole-batch cost in float64 (the reference beside the
+    matcher), then scipy per image."""
+    double = {k: v.double() for k, v in outputs.items()}
+    cost = matching_cost_reference(double, targets, cost_class, cost_bbox, cost_giou, alpha)
     sizes = [len(t["labels"]) for t in targets]
     blocks = [c[i] for i, c in enumerate(cost.split(sizes, -1))]
     return [tuple(torch.as_tensor(x, dtype=torch.int64) for x in scipy_lsa(b)) for b in blocks], blocks

@@ -24,27 +24,14 @@ except ImportError as error:  # scipy is the reference here, not a dependency of
 
 from deformdetr.bench import positive_int
 from deformdetr.models import HungarianMatcher
+from deformdetr.models.matcher import matching_cost_reference
 from deformdetr.ops import linear_sum_assignment
-from deformdetr.ops.boxes import box_cxcywh_to_xyxy_reference, generalized_box_iou_reference
 
 
 @torch.no_grad()
 def official_matcher(outputs, targets, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25):
     """The official algorithm, written from its description (torch cost + scipy per image)."""
-    batch, queries = outputs["pred_logits"].shape[:2]
-    prob = outputs["pred_logits"].flatten(0, 1).sigmoid()
-    pred_boxes = outputs["pred_boxes"].flatten(0, 1)
-    labels = torch.cat([t["labels"] for t in targets])
-    boxes = torch.cat([t["boxes"] for t in targets])
-    neg = (1 - alpha) * prob**2 * -(1 - prob + 1e-8).log()
-    pos = alpha * (1 - prob) ** 2 * -(prob + 1e-8).log()
-    class_cost = pos[:, labels] - neg[:, labels]
-    l1_cost = torch.cdist(pred_boxes, boxes, p=1)
-    giou_cost = -generalized_box_iou_reference(
-        box_cxcywh_to_xyxy_reference(pred_boxes), box_cxcywh_to_xyxy_reference(boxes)
-    )
-    cost = cost_bbox * l1_cost + cost_class * class_cost + cost_giou * giou_cost
-    cost = cost.view(batch, queries, -1).cpu()
+    cost = matching_cost_reference(outputs, targets, cost_class, cost_bbox, cost_giou, alpha).cpu()
     sizes = [len(t["boxes"]) for t in targets]
     result = [scipy_lsa(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
     return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in result]

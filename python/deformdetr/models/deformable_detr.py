@@ -13,25 +13,10 @@ from torch import Tensor, nn
 
 from deformdetr._deprecated import moved_names
 from deformdetr.models.backbone import Joiner
-from deformdetr.models.checkpoint import (
-    CheckpointError,
-    Family,
-    backbone_settings,
-    model_state_of,
-    register_family,
-    rows_of,
-    transformer_settings,
-)
+from deformdetr.models import checkpoint as ckpt
 from deformdetr.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
-from deformdetr.models.detector import (
-    MLP,
-    MultiScaleDetector,
-    build_joiner,
-    config_values,
-    load_pretrained_backbone,
-    settings_of,
-    transformer_arguments,
-)
+from deformdetr.models import detector
+from deformdetr.models.detector import MLP, MultiScaleDetector
 from deformdetr.models.nested import as_padded_batch, check_images
 
 __all__ = [
@@ -182,12 +167,12 @@ VARIANTS = {
 
 
 def build_deformable_detr(config: DeformableDETRConfig) -> DeformableDETR:
-    backbone = build_joiner(config, train_backbone=config.lr_backbone > 0,
+    backbone = detector.build_joiner(config, train_backbone=config.lr_backbone > 0,
                             scale=config.position_embedding_scale)
     transformer = DeformableTransformer(
-        **transformer_arguments(config), two_stage=config.two_stage, two_stage_num_proposals=config.num_queries
+        **detector.transformer_arguments(config), two_stage=config.two_stage, two_stage_num_proposals=config.num_queries
     )
-    model = DeformableDETR(backbone, transformer, **config_values(
+    model = DeformableDETR(backbone, transformer, **detector.config_values(
         config, "num_classes", "num_queries", "num_feature_levels", "aux_loss", "with_box_refine", "two_stage"))
     model.config = config
     return model
@@ -204,14 +189,14 @@ def deformable_detr(
     official argument names (hidden_dim, nheads, enc_layers, ...). ``pretrained_backbone``: True
     for torchvision's ImageNet weights, or a path/URL of a ResNet state dict."""
     model = build_deformable_detr(make_config(variant, num_classes=num_classes, **overrides))
-    load_pretrained_backbone(model, pretrained_backbone)
+    detector.load_pretrained_backbone(model, pretrained_backbone)
     return model
 
 
 def make_config(variant: str = "multi_scale", **overrides) -> DeformableDETRConfig:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
-    config = settings_of(DeformableDETRConfig, "Deformable DETR", **{**VARIANTS[variant], **overrides})
+    config = detector.settings_of(DeformableDETRConfig, "Deformable DETR", **{**VARIANTS[variant], **overrides})
     _check_sizes(config)
     return config
 
@@ -236,18 +221,18 @@ def config_from_state_dict(state: dict, nheads: int = 8, known: Iterable[str] = 
     heads x levels x points together, so the points per head follow from ``nheads``. Settings in
     ``known`` are not read from the state dict (whose head may be missing, for fine-tuning)."""
     if FAMILY.marker not in state:
-        raise CheckpointError(f"not a Deformable DETR state dict: no {FAMILY.marker!r}")
+        raise ckpt.CheckpointError(f"not a Deformable DETR state dict: no {FAMILY.marker!r}")
     two_stage = "transformer.enc_output.weight" in state
     settings = dict(
-        **transformer_settings(state, "transformer", nheads),
-        **backbone_settings(state),
+        **ckpt.transformer_settings(state, "transformer", nheads),
+        **ckpt.backbone_settings(state),
         with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
         two_stage=two_stage,
     )
     if "num_classes" not in known:
-        settings["num_classes"] = rows_of(state, "class_embed.0.weight", "num_classes")
+        settings["num_classes"] = ckpt.rows_of(state, "class_embed.0.weight", "num_classes")
     if not two_stage and "num_queries" not in known:
-        settings["num_queries"] = rows_of(state, "query_embed.weight", "num_queries")
+        settings["num_queries"] = ckpt.rows_of(state, "query_embed.weight", "num_queries")
     return settings
 
 
@@ -260,14 +245,14 @@ _UNRECORDED = {
 
 
 def _assumed_settings(checkpoint: dict, given: dict) -> list:
-    two_stage = "transformer.enc_output.weight" in model_state_of(checkpoint, "")
+    two_stage = "transformer.enc_output.weight" in ckpt.model_state_of(checkpoint, "")
     unrecorded = dict(_UNRECORDED, **({"num_queries": "a two-stage model has no query embedding"}
                                       if two_stage else {}))
     defaults = DeformableDETRConfig()
     return [f"{k}={getattr(defaults, k)} ({why})" for k, why in unrecorded.items() if k not in given]
 
 
-FAMILY = register_family(Family(
+FAMILY = ckpt.register_family(ckpt.Family(
     name="deformable_detr",
     marker="transformer.level_embed",
     config_class=DeformableDETRConfig,

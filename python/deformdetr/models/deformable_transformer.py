@@ -54,9 +54,24 @@ def _ratios_for(valid_ratios: Tensor, reference_dims: int) -> Tensor:
 
 
 class _FeedForward(nn.Module):
-    """Mixin: linear1 -> activation -> dropout -> linear2 -> dropout, residual, layer norm."""
+    """Base of the layers: the feed-forward block after their attention blocks (linear1 ->
+    activation -> dropout -> linear2 -> dropout, residual, layer norm). Its dropouts and norm take
+    the official names, numbered after the layer's attention blocks."""
 
-    def _ffn(self, x: Tensor, dropout_in: nn.Module, dropout_out: nn.Module, norm: nn.Module):
+    def _init_ffn(self, d_model: int, d_ffn: int, dropout: float, activation: str, index: int) -> None:
+        """linear1, activation, dropout<index>, linear2, dropout<index + 1>, norm<index>, in the
+        official order (module construction draws the random initial values in this order)."""
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.activation = _activation(activation)
+        setattr(self, f"dropout{index}", nn.Dropout(dropout))
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        setattr(self, f"dropout{index + 1}", nn.Dropout(dropout))
+        setattr(self, f"norm{index}", nn.LayerNorm(d_model))
+        self._ffn_index = index
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        i = self._ffn_index
+        dropout_in, dropout_out, norm = (getattr(self, name) for name in (f"dropout{i}", f"dropout{i + 1}", f"norm{i}"))
         return norm(x + dropout_out(self.linear2(dropout_in(self.activation(self.linear1(x))))))
 
 
@@ -74,33 +89,20 @@ class EncodedLevels:
 
 
 class DeformableTransformerEncoderLayer(_FeedForward):
-    def __init__(
-        self,
-        d_model: int = 256,
-        d_ffn: int = 1024,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        n_levels: int = 4,
-        n_heads: int = 8,
-        n_points: int = 4,
-    ):
+    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, activation: str = "relu",
+                 n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        self._init_ffn(d_model, d_ffn, dropout, activation, index=2)
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
         attended = self.self_attn(
             _with_pos(src, pos), reference_points, src, spatial_shapes, level_start_index, padding_mask
         )
         src = self.norm1(src + self.dropout1(attended))
-        return self._ffn(src, self.dropout2, self.dropout3, self.norm2)
+        return self._ffn(src)
 
 
 class DeformableTransformerEncoder(nn.Module):
@@ -137,16 +139,8 @@ class DeformableTransformerEncoder(nn.Module):
 
 
 class DeformableTransformerDecoderLayer(_FeedForward):
-    def __init__(
-        self,
-        d_model: int = 256,
-        d_ffn: int = 1024,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        n_levels: int = 4,
-        n_heads: int = 8,
-        n_points: int = 4,
-    ):
+    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, activation: str = "relu",
+                 n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
         super().__init__()
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
@@ -154,12 +148,7 @@ class DeformableTransformerDecoderLayer(_FeedForward):
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
+        self._init_ffn(d_model, d_ffn, dropout, activation, index=3)
 
     def forward(self, tgt, query_pos, reference_points, src, src_spatial_shapes, level_start_index,
                 src_padding_mask=None):
@@ -171,7 +160,7 @@ class DeformableTransformerDecoderLayer(_FeedForward):
             src_padding_mask,
         )
         tgt = self.norm1(tgt + self.dropout1(attended))
-        return self._ffn(tgt, self.dropout3, self.dropout4, self.norm3)
+        return self._ffn(tgt)
 
 
 class DeformableTransformerDecoder(nn.Module):
@@ -222,23 +211,11 @@ class DeformableTransformerDecoder(nn.Module):
 
 
 class DeformableTransformer(nn.Module):
-    def __init__(
-        self,
-        d_model: int = 256,
-        nhead: int = 8,
-        num_encoder_layers: int = 6,
-        num_decoder_layers: int = 6,
-        dim_feedforward: int = 1024,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        return_intermediate_dec: bool = False,
-        num_feature_levels: int = 4,
-        dec_n_points: int = 4,
-        enc_n_points: int = 4,
-        two_stage: bool = False,
-        two_stage_num_proposals: int = 300,
-        decoder: Optional[nn.Module] = None,
-    ):
+    def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.1,
+                 activation: str = "relu", return_intermediate_dec: bool = False, num_feature_levels: int = 4,
+                 dec_n_points: int = 4, enc_n_points: int = 4, two_stage: bool = False,
+                 two_stage_num_proposals: int = 300, decoder: Optional[nn.Module] = None):
         """``decoder``: a decoder to use instead of the deformable one (MonoDETR passes its
         depth-aware decoder); it is initialised with the rest of the transformer."""
         super().__init__()

@@ -20,7 +20,32 @@ from torch import Tensor, nn
 
 from deformdetr._native import _C, dense, num_threads
 
-__all__ = ["HungarianMatcher"]
+__all__ = ["HungarianMatcher", "matching_cost_reference"]
+
+
+@torch.no_grad()
+def matching_cost_reference(outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]],
+                            cost_class: float = 2, cost_bbox: float = 5, cost_giou: float = 2,
+                            focal_alpha: float = 0.25) -> Tensor:
+    """The matcher's cost in pure PyTorch, as the official matcher computes it: the whole batch
+    (B*Q predictions) against all targets concatenated, (B, Q, sum of T). Image b's block is
+    ``[b, :, offset_b : offset_b + T_b]``. In the dtype of the outputs."""
+    from deformdetr.ops.boxes import box_cxcywh_to_xyxy_reference, generalized_box_iou_reference
+
+    batch, queries = outputs["pred_logits"].shape[:2]
+    prob = outputs["pred_logits"].flatten(0, 1).sigmoid()
+    pred_boxes = outputs["pred_boxes"].flatten(0, 1)
+    labels = torch.cat([t["labels"] for t in targets]).long()
+    boxes = torch.cat([t["boxes"] for t in targets]).to(pred_boxes.dtype).reshape(-1, 4)
+    neg = (1 - focal_alpha) * prob**2 * -(1 - prob + 1e-8).log()
+    pos = focal_alpha * (1 - prob) ** 2 * -(prob + 1e-8).log()
+    class_cost = pos[:, labels] - neg[:, labels]
+    l1_cost = torch.cdist(pred_boxes, boxes, p=1)
+    giou_cost = -generalized_box_iou_reference(
+        box_cxcywh_to_xyxy_reference(pred_boxes), box_cxcywh_to_xyxy_reference(boxes)
+    )
+    cost = cost_bbox * l1_cost + cost_class * class_cost + cost_giou * giou_cost
+    return cost.view(batch, queries, -1)
 
 
 class HungarianMatcher(nn.Module):
@@ -33,13 +58,7 @@ class HungarianMatcher(nn.Module):
         focal_alpha: alpha of the focal-style classification cost.
     """
 
-    def __init__(
-        self,
-        cost_class: float = 2,
-        cost_bbox: float = 5,
-        cost_giou: float = 2,
-        focal_alpha: float = 0.25,
-    ):
+    def __init__(self, cost_class: float = 2, cost_bbox: float = 5, cost_giou: float = 2, focal_alpha: float = 0.25):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: cost_class, cost_bbox and cost_giou can't all be 0")

@@ -28,18 +28,10 @@ class DepthAwareDecoderLayer(DeformableTransformerDecoderLayer):
     self-attention input projections (``sa_*``; ``sa_v_proj`` exists but, as officially, the
     values are the unprojected queries)."""
 
-    def __init__(
-        self,
-        d_model: int = 256,
-        d_ffn: int = 1024,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        n_levels: int = 4,
-        n_heads: int = 8,
-        n_points: int = 4,
-        group_num: int = 1,
-    ):
-        super().__init__(d_model, d_ffn, dropout, activation, n_levels, n_heads, n_points)
+    def __init__(self, *args, group_num: int = 1, **kwargs):
+        """Arguments as :class:`DeformableTransformerDecoderLayer`'s, and ``group_num``."""
+        super().__init__(*args, **kwargs)
+        d_model, n_heads, dropout = self.self_attn.embed_dim, self.self_attn.num_heads, self.self_attn.dropout
         self.cross_attn_depth = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
         self.dropout_depth = nn.Dropout(dropout)
         self.norm_depth = nn.LayerNorm(d_model)
@@ -71,7 +63,7 @@ class DepthAwareDecoderLayer(DeformableTransformerDecoderLayer):
         attended = self.cross_attn(_with_pos(tgt, query_pos), reference_points, src, src_spatial_shapes,
                                    level_start_index, src_padding_mask)
         tgt = self.norm1(tgt + self.dropout1(attended))
-        return self._ffn(tgt, self.dropout3, self.dropout4, self.norm3)
+        return self._ffn(tgt)
 
     def _grouped_self_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Training with query groups (Group DETR): the (G * Q, B, C) queries attend only within

@@ -14,24 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformdetr.models.backbone import Joiner
-from deformdetr.models.checkpoint import (
-    CheckpointError,
-    Family,
-    backbone_settings,
-    load_checkpoint,
-    register_family,
-    rows_of,
-    transformer_settings,
-)
-from deformdetr.models.detector import (
-    MLP,
-    MultiScaleDetector,
-    build_joiner,
-    config_values,
-    load_pretrained_backbone,
-    settings_of,
-    transformer_arguments,
-)
+from deformdetr.models import checkpoint as ckpt
+from deformdetr.models import detector
+from deformdetr.models.detector import MLP, MultiScaleDetector
 from deformdetr.models.deformable_transformer import inverse_sigmoid
 from deformdetr.models.mono.depth_predictor import DepthPredictor
 from deformdetr.models.mono.depthaware_transformer import DepthAwareTransformer
@@ -195,13 +180,13 @@ class MonoDETR(MultiScaleDetector):
 
 
 def build_monodetr(config: MonoDETRConfig) -> MonoDETR:
-    backbone = build_joiner(config, train_backbone=config.train_backbone, offset=0.0)
-    transformer = DepthAwareTransformer(**transformer_arguments(config), group_num=config.group_num)
+    backbone = detector.build_joiner(config, train_backbone=config.train_backbone, offset=0.0)
+    transformer = DepthAwareTransformer(**detector.transformer_arguments(config), group_num=config.group_num)
     depth_predictor = DepthPredictor(
         d_model=config.hidden_dim, encoder_nhead=config.depth_encoder_nheads,
         encoder_dim_feedforward=config.depth_encoder_dim_feedforward,
-        **config_values(config, "num_depth_bins", "depth_min", "depth_max", "dropout"))
-    model = MonoDETR(backbone, transformer, depth_predictor, **config_values(
+        **detector.config_values(config, "num_depth_bins", "depth_min", "depth_max", "dropout"))
+    model = MonoDETR(backbone, transformer, depth_predictor, **detector.config_values(
         config, "num_classes", "num_queries", "num_feature_levels", "aux_loss", "with_box_refine", "two_stage",
         "init_box", "group_num"))
     model.config = config
@@ -209,7 +194,7 @@ def build_monodetr(config: MonoDETRConfig) -> MonoDETR:
 
 
 def make_monodetr_config(**overrides) -> MonoDETRConfig:
-    return settings_of(MonoDETRConfig, "MonoDETR", **overrides)
+    return detector.settings_of(MonoDETRConfig, "MonoDETR", **overrides)
 
 
 def monodetr(num_classes: int = 3, pretrained_backbone: Union[bool, str, None] = None, **overrides) -> MonoDETR:
@@ -217,7 +202,7 @@ def monodetr(num_classes: int = 3, pretrained_backbone: Union[bool, str, None] =
     names (hidden_dim, enc_layers, dec_layers, num_queries, group_num, backbone, ...).
     ``pretrained_backbone``: True for torchvision's ImageNet weights, or a path/URL."""
     model = build_monodetr(make_monodetr_config(num_classes=num_classes, **overrides))
-    load_pretrained_backbone(model, pretrained_backbone)
+    detector.load_pretrained_backbone(model, pretrained_backbone)
     return model
 
 
@@ -226,7 +211,7 @@ def load_monodetr_checkpoint(path: str, map_location="cpu", strict: bool = True,
     bare state dict) was saved from and loads its weights: :func:`deformdetr.models.load_checkpoint`
     for MonoDETR only. ``overrides`` settle what the state dict cannot tell (``group_num``: the
     query rows are num_queries x group_num; ``nheads``; ``depth_min``)."""
-    return load_checkpoint(path, map_location, strict, family=FAMILY.name, **overrides)
+    return ckpt.load_checkpoint(path, map_location, strict, family=FAMILY.name, **overrides)
 
 
 # What a state dict cannot tell (query rows are num_queries x group_num; heads and points per head
@@ -247,15 +232,15 @@ def monodetr_config_from_state_dict(state: dict, nheads: int = 8, group_num: int
                                     known=()) -> dict:
     prefix = "depthaware_transformer"
     if f"{prefix}.level_embed" not in state:
-        raise CheckpointError(f"not a MonoDETR state dict: no '{prefix}.level_embed'")
+        raise ckpt.CheckpointError(f"not a MonoDETR state dict: no '{prefix}.level_embed'")
     query_rows = state["query_embed.weight"].shape[0]
     if query_rows % group_num != 0:
-        raise CheckpointError(f"query_embed has {query_rows} rows, not a multiple of group_num={group_num}: "
+        raise ckpt.CheckpointError(f"query_embed has {query_rows} rows, not a multiple of group_num={group_num}: "
                               "pass the checkpoint's group_num")
     depth_encoder = "depth_predictor.depth_encoder.layers.0."
     settings = dict(
-        **transformer_settings(state, prefix, nheads),
-        **backbone_settings(state),
+        **ckpt.transformer_settings(state, prefix, nheads),
+        **ckpt.backbone_settings(state),
         num_queries=query_rows // group_num,
         group_num=group_num,
         num_depth_bins=state["depth_predictor.depth_classifier.weight"].shape[0] - 1,
@@ -263,11 +248,11 @@ def monodetr_config_from_state_dict(state: dict, nheads: int = 8, group_num: int
         depth_encoder_dim_feedforward=state[depth_encoder + "linear1.weight"].shape[0],
     )
     if "num_classes" not in known:
-        settings["num_classes"] = rows_of(state, "class_embed.0.weight", "num_classes")
+        settings["num_classes"] = ckpt.rows_of(state, "class_embed.0.weight", "num_classes")
     return settings
 
 
-FAMILY = register_family(Family(
+FAMILY = ckpt.register_family(ckpt.Family(
     name="monodetr",
     marker="depthaware_transformer.level_embed",
     config_class=MonoDETRConfig,
