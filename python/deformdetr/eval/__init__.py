@@ -5,6 +5,7 @@ from deformdetr.eval.coco import COCO_STAT_NAMES, coco_detections, evaluate_coco
 from deformdetr.eval.kitti import (
     KittiEvalResult,
     evaluate_kitti,
+    evaluate_kitti_reference,
     read_kitti_label_dir,
     read_kitti_label_file,
     read_kitti_result_dir,
@@ -17,6 +18,7 @@ __all__ = [
     "evaluate_coco",
     "KittiEvalResult",
     "evaluate_kitti",
+    "evaluate_kitti_reference",
     "read_kitti_label_dir",
     "read_kitti_label_file",
     "read_kitti_result_dir",
