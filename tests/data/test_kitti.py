@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deformdetr.data import Calibration, KittiObject, read_calib, read_labels, write_calib, write_labels
-from deformdetr.data.kitti import kitti_level
+from deformdetr.data.kitti import KittiLabelLine, kitti_level, parse_label_line, read_label_lines, write_label_lines
 from deformdetr.models.mono import decode as mono_decode
 
 P2 = np.array([[721.5377, 0.0, 609.5593, 44.85728], [0.0, 721.5377, 172.854, 0.2163791],
@@ -77,6 +77,44 @@ def test_label_round_trip(tmp_path):
     (tmp_path / "bad.txt").write_text("Car 0 0\n")
     with pytest.raises(ValueError, match=r"bad.txt' line 1"):
         read_labels(tmp_path / "bad.txt")
+
+
+def test_label_lines_read_and_write_exactly(tmp_path):
+    # The line type keeps the numbers as written (float64), where KittiObject keeps the official float32.
+    line = KittiLabelLine.parse(LABEL_TEXT.splitlines()[1] + " 0.87")
+    assert line.type == "Car" and line.box2d == (0.0, 181.21, 140.61, 261.37) and line.location == (-16.73, 2.35, 26.91)
+    assert (line.h, line.w, line.l, line.ry, line.score) == (1.41, 1.58, 4.36, -2.15, 0.87)
+    assert KittiObject.from_label_line(line).box2d.dtype == np.float32
+    assert line.format(2) == LABEL_TEXT.splitlines()[1] + " 0.87"
+    rng = np.random.default_rng(0)
+    lines = [KittiLabelLine("Cyclist", 0.0, 1, *rng.normal(size=1), tuple(rng.uniform(0, 1000, 4)),
+                            *rng.uniform(0, 4, 3), tuple(rng.normal(0, 20, 3)), *rng.normal(size=1), score)
+             for score in (0.1 + 1e-12, float(np.float32(0.3)))]
+    write_label_lines(tmp_path / "exact.txt", lines)  # by default, exactly
+    assert read_label_lines(tmp_path / "exact.txt") == lines
+    write_label_lines(tmp_path / "rounded.txt", lines, precision=2)
+    assert read_label_lines(tmp_path / "rounded.txt")[0].box2d == tuple(round(x, 2) for x in lines[0].box2d)
+    with pytest.raises(ValueError, match="one word"):
+        KittiLabelLine("Person sitting", *line[1:]).format()
+
+
+def test_label_files_are_written_atomically(tmp_path):
+    path = tmp_path / "labels" / "000003.txt"  # the folder is created
+    (tmp_path / "source.txt").write_text(LABEL_TEXT)
+    objects = read_labels(tmp_path / "source.txt")
+    write_labels(path, objects)
+    before = path.read_text()
+    bad = objects[0].copy()
+    bad.type = ""
+    with pytest.raises(ValueError, match="one word"):
+        write_labels(path, objects + [bad])
+    assert path.read_text() == before and [p.name for p in path.parent.iterdir()] == ["000003.txt"]
+
+
+def test_parse_label_line_is_a_deprecated_alias():
+    with pytest.deprecated_call(match="KittiLabelLine.parse"):
+        name, numbers, score = parse_label_line(LABEL_TEXT.splitlines()[1])
+    assert name == "Car" and len(numbers) == 14 and numbers[3:7] == [0.0, 181.21, 140.61, 261.37] and score is None
 
 
 def test_levels():

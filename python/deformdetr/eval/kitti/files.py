@@ -1,18 +1,26 @@
 """KITTI label files (the label_2 format) as devkit annotation dicts: ground-truth label
-folders, detection result folders, and result files written atomically."""
+folders, detection result folders, and result files, all read and written through
+:mod:`deformdetr.data.kitti` (:func:`~deformdetr.data.kitti.read_label_lines`,
+:func:`~deformdetr.data.kitti.write_label_lines`: atomic, numbers written exactly)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from deformdetr.data.kitti import numbered_lines, parse_label_line
-from deformdetr.eval.kitti.annotations import empty_annotation
+from deformdetr.data.kitti import KittiLabelLine, read_label_lines, write_label_lines
+from deformdetr.eval.kitti.annotations import ANNOTATION_KEYS, FLOAT_KEYS, column_shape, empty_annotation
 
-__all__ = ["read_kitti_label_file", "read_kitti_label_dir", "read_kitti_result_dir", "write_kitti_result_file"]
+__all__ = [
+    "read_kitti_label_file",
+    "read_kitti_label_dir",
+    "read_kitti_result_dir",
+    "write_kitti_result_file",
+    "annotation_from_lines",
+    "lines_from_annotation",
+]
 
 
 def read_kitti_label_file(path) -> dict:
@@ -20,32 +28,41 @@ def read_kitti_label_file(path) -> dict:
     (type, truncated, occluded, alpha, bbox x1 y1 x2 y2, dimensions h w l, location x y z,
     rotation_y) or 16 with a score. ``dimensions`` come back as (l, h, w), the devkit's order;
     ``score`` is 0 when the file has none (as the devkit)."""
-    rows = []
-    for number, line in numbered_lines(path):
-        if not line.strip():
-            continue
-        try:
-            rows.append(parse_label_line(line))
-        except ValueError as error:
-            raise ValueError(f"{path}:{number}: {error}") from None
+    return annotation_from_lines(read_label_lines(path))
+
+
+def annotation_from_lines(lines: Sequence[KittiLabelLine]) -> dict:
+    """Label lines -> a devkit annotation dict (float64; ``dimensions`` reordered to (l, h, w))."""
     anno = empty_annotation()
-    if not rows:
+    if not lines:
         return anno
-    values = np.array([r[1] for r in rows], dtype=np.float64).reshape(-1, 14)
-    anno["name"] = np.array([r[0] for r in rows])
-    anno["truncated"] = values[:, 0]
-    anno["occluded"] = values[:, 1].astype(np.int64)
-    anno["alpha"] = values[:, 2]
-    anno["bbox"] = values[:, 3:7]
-    anno["dimensions"] = values[:, 7:10][:, [2, 0, 1]]  # h w l -> l h w
-    anno["location"] = values[:, 10:13]
-    anno["rotation_y"] = values[:, 13]
+    anno["name"] = np.array([line.type for line in lines])
+    anno["truncated"] = np.array([line.truncation for line in lines], dtype=np.float64)
+    anno["occluded"] = np.array([line.occlusion for line in lines], dtype=np.float64).astype(np.int64)
+    anno["alpha"] = np.array([line.alpha for line in lines], dtype=np.float64)
+    anno["bbox"] = np.array([line.box2d for line in lines], dtype=np.float64)
+    anno["dimensions"] = np.array([(line.l, line.h, line.w) for line in lines], dtype=np.float64)
+    anno["location"] = np.array([line.location for line in lines], dtype=np.float64)
+    anno["rotation_y"] = np.array([line.ry for line in lines], dtype=np.float64)
     # As the devkit: the first line decides whether the file carries scores (else all 0).
-    if rows[0][2] is not None:
-        anno["score"] = np.array([r[2] for r in rows], dtype=np.float64)
+    if lines[0].score is not None:
+        anno["score"] = np.array([line.score for line in lines], dtype=np.float64)
     else:
-        anno["score"] = np.zeros(len(rows))
+        anno["score"] = np.zeros(len(lines))
     return anno
+
+
+def lines_from_annotation(anno: Mapping) -> list[KittiLabelLine]:
+    """A devkit annotation dict with scores -> label lines (``dimensions`` back to h, w, l)."""
+    lines = []
+    for i in range(len(anno["name"])):
+        l, h, w = anno["dimensions"][i]  # noqa: E741 (KITTI's name)
+        lines.append(KittiLabelLine(
+            type=str(anno["name"][i]), truncation=anno["truncated"][i], occlusion=anno["occluded"][i],
+            alpha=anno["alpha"][i], box2d=tuple(anno["bbox"][i]), h=h, w=w, l=l,
+            location=tuple(anno["location"][i]), ry=anno["rotation_y"][i], score=anno["score"][i],
+        ))
+    return lines
 
 
 def _label_path(directory, image_id) -> Path:
@@ -74,40 +91,13 @@ def read_kitti_result_dir(directory, ids: Iterable, missing_ok: bool = False) ->
 
 
 def write_kitti_result_file(path, objects) -> None:
-    """Writes detections in the label_2 format with a score (16 fields per line).
+    """Writes detections in the label_2 format with a score (16 fields per line), atomically and
+    with every number exact (it reads back as the float64 it was).
 
     ``objects``: a devkit annotation dict (``dimensions`` as (l, h, w)), or a list of per-object
     dicts with the same keys holding one object's values. ``truncated``, ``occluded`` and
-    ``alpha`` default to 0, 0 and -10 when absent. The file is written atomically."""
-    anno = _objects_to_annotation(objects)
-    n = len(anno["name"])
-    lines = []
-    for i in range(n):
-        l, h, w = (float(v) for v in anno["dimensions"][i])
-        fields = [
-            str(anno["name"][i]),
-            _fmt(anno["truncated"][i]),
-            str(int(anno["occluded"][i])),
-            _fmt(anno["alpha"][i]),
-            *(_fmt(v) for v in anno["bbox"][i]),
-            _fmt(h), _fmt(w), _fmt(l),
-            *(_fmt(v) for v in anno["location"][i]),
-            _fmt(anno["rotation_y"][i]),
-            _fmt(anno["score"][i]),
-        ]
-        if any(" " in f or not f for f in fields[:1]):
-            raise ValueError(f"object {i}: name {fields[0]!r} must be one word")
-        lines.append(" ".join(fields))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
-
-
-def _fmt(value) -> str:
-    return f"{float(value):.8g}"
+    ``alpha`` default to 0, 0 and -10 when absent."""
+    write_label_lines(path, lines_from_annotation(_objects_to_annotation(objects)))
 
 
 def _objects_to_annotation(objects) -> dict:
@@ -118,8 +108,7 @@ def _objects_to_annotation(objects) -> dict:
         objects = list(objects)
         n = len(objects)
         anno = {}
-        for key in ("name", "truncated", "occluded", "alpha", "bbox", "dimensions", "location",
-                    "rotation_y", "score"):
+        for key in ANNOTATION_KEYS + ("score",):
             if all(key in o for o in objects):
                 anno[key] = [o[key] for o in objects]
     defaults = {"truncated": 0.0, "occluded": 0, "alpha": -10.0}
@@ -131,8 +120,6 @@ def _objects_to_annotation(objects) -> dict:
     if missing:
         raise KeyError(f"objects lack {missing}")
     out = {"name": list(anno["name"])}
-    for key in ("truncated", "occluded", "alpha", "rotation_y", "score"):
-        out[key] = np.asarray(anno[key], dtype=np.float64).reshape(n)
-    for key, width in (("bbox", 4), ("dimensions", 3), ("location", 3)):
-        out[key] = np.asarray(anno[key], dtype=np.float64).reshape(n, width)
+    for key in FLOAT_KEYS:
+        out[key] = np.asarray(anno[key], dtype=np.float64).reshape((n,) + column_shape(key))
     return out
