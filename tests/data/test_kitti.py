@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from deformdetr.data import Calibration, KittiObject, read_calib, read_labels, write_calib, write_labels
-from deformdetr.data.kitti import KittiLabelLine, kitti_level, parse_label_line, read_label_lines, write_label_lines
+from deformdetr.data.kitti import (
+    KittiLabelLine,
+    kitti_class_name,
+    kitti_label,
+    kitti_level,
+    parse_label_line,
+    read_label_lines,
+    write_label_lines,
+)
 from deformdetr.models.mono import decode as mono_decode
 
 P2 = np.array([[721.5377, 0.0, 609.5593, 44.85728], [0.0, 721.5377, 172.854, 0.2163791],
@@ -195,3 +203,15 @@ def test_calib_with_bad_numbers_names_file_and_line(tmp_path):
     path.write_text(CALIB_TEXT.replace("R0_rect: 9.999128e-01", "R0_rect: nine"))
     with pytest.raises(ValueError, match=r"000009.txt' line 5: bad numbers for 'R0_rect'"):
         read_calib(path)
+
+
+def test_training_labels_and_class_names_convert_both_ways():
+    # The official MonoDETR training order, which is not the devkit's (Car first).
+    assert [kitti_class_name(i) for i in range(3)] == ["Pedestrian", "Car", "Cyclist"]
+    assert [kitti_label(name) for name in ("Pedestrian", "Car", "Cyclist")] == [0, 1, 2]
+    assert kitti_class_name(np.float32(1.0)) == "Car"  # decoded rows hold labels as floats
+    for bad in (3, -1, 0.5):
+        with pytest.raises(ValueError, match="0 Pedestrian, 1 Car, 2 Cyclist"):
+            kitti_class_name(bad)
+    with pytest.raises(ValueError, match="training classes"):
+        kitti_label("Van")

@@ -1,6 +1,15 @@
 """The KITTI object-detection file formats: camera calibration (``calib/*.txt``) and labels
 (``label_2/*.txt``), with the geometry MonoDETR's data pipeline needs (the official
-``kitti_utils``'s ``Calibration`` and ``Object3d``).
+``kitti_utils``'s ``Calibration`` and ``Object3d``), and the class labels MonoDETR trains with.
+
+Two class orders, never mixed: label indices (a target's ``labels``, a model's class outputs, a
+decoded detection's ``label``) follow the official MonoDETR training order,
+``KITTI_CLASS_NAMES = ("Pedestrian", "Car", "Cyclist")`` (Pedestrian = 0, Car = 1, Cyclist = 2),
+and are converted to and from names only by :func:`kitti_class_name` and :func:`kitti_label`.
+The KITTI devkit's evaluation numbers classes its own way, Car first
+(``deformdetr.eval.kitti.CLASS_NAMES``: Car = 0, Pedestrian = 1, Cyclist = 2, ...), for its
+``classes`` argument only; label files and devkit annotations carry names, so only names pass
+between training and evaluation.
 
 Coordinates are KITTI's rectified camera frame: x right, y down, z forward (metres). A label's
 ``location`` is the bottom centre of its 3D box; ``ry`` is the rotation about the camera's y
@@ -30,6 +39,10 @@ from typing import Iterable, Iterator, NamedTuple, Optional, Union
 import numpy as np
 
 __all__ = [
+    "KITTI_CLASS_NAMES",
+    "KITTI_CLS2ID",
+    "kitti_class_name",
+    "kitti_label",
     "Calibration",
     "KittiLabelLine",
     "KittiObject",
@@ -47,8 +60,29 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
+#: The training label order (the official MonoDETR ``cls2id``): label i is ``KITTI_CLASS_NAMES[i]``.
+KITTI_CLASS_NAMES = ("Pedestrian", "Car", "Cyclist")
+KITTI_CLS2ID = {name: i for i, name in enumerate(KITTI_CLASS_NAMES)}
+
 #: KITTI's difficulty levels by (min 2D box height px, max truncation, max occlusion).
 _LEVELS = (("Easy", 1, 40.0, 0.15, 0), ("Moderate", 2, 25.0, 0.3, 1), ("Hard", 3, 25.0, 0.5, 2))
+
+
+def kitti_class_name(label) -> str:
+    """A training label index (an int, or a float holding one, as in decoded rows) -> its class
+    name in :data:`KITTI_CLASS_NAMES`."""
+    index = int(label)
+    if index != label or not 0 <= index < len(KITTI_CLASS_NAMES):
+        raise ValueError(f"a KITTI training label must be an integer in [0, {len(KITTI_CLASS_NAMES)}) "
+                         f"({', '.join(f'{i} {n}' for i, n in enumerate(KITTI_CLASS_NAMES))}), got {label!r}")
+    return KITTI_CLASS_NAMES[index]
+
+
+def kitti_label(name: str) -> int:
+    """A class name in :data:`KITTI_CLASS_NAMES` -> its training label index."""
+    if name not in KITTI_CLS2ID:
+        raise ValueError(f"KITTI training classes are {KITTI_CLASS_NAMES}, got {name!r}")
+    return KITTI_CLS2ID[name]
 
 
 def wrap_angle(angle: float) -> float:

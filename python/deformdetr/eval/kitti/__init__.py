@@ -11,6 +11,12 @@ devkit's semantics, split as OpenPCDet splits the devkit's python port:
   evaluation as plain loops, to check the engine against (as the ops' ``*_reference``);
 - :mod:`~deformdetr.eval.kitti.summary`: the printed summary;
 - :mod:`~deformdetr.eval.kitti.files`: label and result files.
+
+Class order: the devkit numbers classes Car first (:data:`CLASS_NAMES`: 0 Car, 1 Pedestrian,
+2 Cyclist, 3 Van, 4 Person_sitting, 5 Truck), and those indices mean something only in
+:func:`evaluate_kitti`'s ``classes`` argument. Training labels follow the official MonoDETR
+order instead (Pedestrian 0, Car 1, Cyclist 2: :data:`deformdetr.data.kitti.KITTI_CLASS_NAMES`).
+Annotations and label files carry names, so the two orders meet only as names.
 """
 
 from deformdetr.eval.kitti.annotations import empty_annotation
