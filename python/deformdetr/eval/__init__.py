@@ -6,9 +6,11 @@ from deformdetr.eval.kitti import (
     KittiEvalResult,
     evaluate_kitti,
     evaluate_kitti_reference,
+    kitti_detections,
     read_kitti_label_dir,
     read_kitti_label_file,
     read_kitti_result_dir,
+    write_kitti_result_dir,
     write_kitti_result_file,
 )
 
@@ -23,4 +25,6 @@ __all__ = [
     "read_kitti_label_file",
     "read_kitti_result_dir",
     "write_kitti_result_file",
+    "write_kitti_result_dir",
+    "kitti_detections",
 ]

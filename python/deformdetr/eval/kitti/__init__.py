@@ -10,7 +10,8 @@ devkit's semantics, split as OpenPCDet splits the devkit's python port:
 - :mod:`~deformdetr.eval.kitti.reference`: :func:`evaluate_kitti_reference`, the same
   evaluation as plain loops, to check the engine against (as the ops' ``*_reference``);
 - :mod:`~deformdetr.eval.kitti.summary`: the printed summary;
-- :mod:`~deformdetr.eval.kitti.files`: label and result files.
+- :mod:`~deformdetr.eval.kitti.files`: label and result files;
+- :mod:`~deformdetr.eval.kitti.detections`: MonoDETR's decoded detections as annotations.
 
 Class order: the devkit numbers classes Car first (:data:`CLASS_NAMES`: 0 Car, 1 Pedestrian,
 2 Cyclist, 3 Van, 4 Person_sitting, 5 Truck), and those indices mean something only in
@@ -21,10 +22,12 @@ Annotations and label files carry names, so the two orders meet only as names.
 
 from deformdetr.eval.kitti.annotations import empty_annotation
 from deformdetr.eval.kitti.api import KittiEvalResult, evaluate_kitti
+from deformdetr.eval.kitti.detections import kitti_detections
 from deformdetr.eval.kitti.files import (
     read_kitti_label_dir,
     read_kitti_label_file,
     read_kitti_result_dir,
+    write_kitti_result_dir,
     write_kitti_result_file,
 )
 from deformdetr.eval.kitti.reference import evaluate_kitti_reference
@@ -54,4 +57,6 @@ __all__ = [
     "read_kitti_label_dir",
     "read_kitti_result_dir",
     "write_kitti_result_file",
+    "write_kitti_result_dir",
+    "kitti_detections",
 ]

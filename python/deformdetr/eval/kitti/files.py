@@ -18,6 +18,7 @@ __all__ = [
     "read_kitti_label_dir",
     "read_kitti_result_dir",
     "write_kitti_result_file",
+    "write_kitti_result_dir",
     "annotation_from_lines",
     "lines_from_annotation",
 ]
@@ -98,6 +99,16 @@ def write_kitti_result_file(path, objects) -> None:
     dicts with the same keys holding one object's values. ``truncated``, ``occluded`` and
     ``alpha`` default to 0, 0 and -10 when absent."""
     write_label_lines(path, lines_from_annotation(_objects_to_annotation(objects)))
+
+
+def write_kitti_result_dir(directory, ids: Iterable, annotations: Iterable) -> None:
+    """Result files ``{id:06d}.txt`` of ``ids`` (ints or name stems), one annotation each (see
+    :func:`write_kitti_result_file`); :func:`read_kitti_result_dir` reads them back."""
+    ids, annotations = list(ids), list(annotations)
+    if len(ids) != len(annotations):
+        raise ValueError(f"one annotation per id: got {len(ids)} ids and {len(annotations)} annotations")
+    for image_id, annotation in zip(ids, annotations):
+        write_kitti_result_file(_label_path(directory, image_id), annotation)
 
 
 def _objects_to_annotation(objects) -> dict:
