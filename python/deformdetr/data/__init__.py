@@ -11,6 +11,7 @@ from deformdetr.data.synthetic import (
 )
 from deformdetr.data.transforms import make_coco_transforms
 from deformdetr.data.kitti import (
+    KITTI_CLASS_NAMES,
     Calibration,
     KittiLabelLine,
     KittiObject,
@@ -21,7 +22,7 @@ from deformdetr.data.kitti import (
     write_label_lines,
     write_labels,
 )
-from deformdetr.data.kitti_dataset import KITTI_CLASS_NAMES, KittiMono3D, mono_collate_fn
+from deformdetr.data.kitti_dataset import KittiMono3D, mono_collate_fn
 from deformdetr.data.synthetic_kitti import SyntheticKitti, generate_synthetic_kitti
 
 __all__ = [
