@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from deformdetr.data import Calibration, KittiObject, read_calib, read_labels, write_calib, write_labels
-from deformdetr.data.kitti import kitti_level
+from deformdetr.data.kitti import (
+    KittiLabelLine,
+    kitti_class_name,
+    kitti_label,
+    kitti_level,
+    parse_label_line,
+    read_label_lines,
+    write_label_lines,
+)
 from deformdetr.models.mono import decode as mono_decode
 
 P2 = np.array([[721.5377, 0.0, 609.5593, 44.85728], [0.0, 721.5377, 172.854, 0.2163791],
@@ -77,6 +85,44 @@ def test_label_round_trip(tmp_path):
     (tmp_path / "bad.txt").write_text("Car 0 0\n")
     with pytest.raises(ValueError, match=r"bad.txt' line 1"):
         read_labels(tmp_path / "bad.txt")
+
+
+def test_label_lines_read_and_write_exactly(tmp_path):
+    # The line type keeps the numbers as written (float64), where KittiObject keeps the official float32.
+    line = KittiLabelLine.parse(LABEL_TEXT.splitlines()[1] + " 0.87")
+    assert line.type == "Car" and line.box2d == (0.0, 181.21, 140.61, 261.37) and line.location == (-16.73, 2.35, 26.91)
+    assert (line.h, line.w, line.l, line.ry, line.score) == (1.41, 1.58, 4.36, -2.15, 0.87)
+    assert KittiObject.from_label_line(line).box2d.dtype == np.float32
+    assert line.format(2) == LABEL_TEXT.splitlines()[1] + " 0.87"
+    rng = np.random.default_rng(0)
+    lines = [KittiLabelLine("Cyclist", 0.0, 1, *rng.normal(size=1), tuple(rng.uniform(0, 1000, 4)),
+                            *rng.uniform(0, 4, 3), tuple(rng.normal(0, 20, 3)), *rng.normal(size=1), score)
+             for score in (0.1 + 1e-12, float(np.float32(0.3)))]
+    write_label_lines(tmp_path / "exact.txt", lines)  # by default, exactly
+    assert read_label_lines(tmp_path / "exact.txt") == lines
+    write_label_lines(tmp_path / "rounded.txt", lines, precision=2)
+    assert read_label_lines(tmp_path / "rounded.txt")[0].box2d == tuple(round(x, 2) for x in lines[0].box2d)
+    with pytest.raises(ValueError, match="one word"):
+        KittiLabelLine("Person sitting", *line[1:]).format()
+
+
+def test_label_files_are_written_atomically(tmp_path):
+    path = tmp_path / "labels" / "000003.txt"  # the folder is created
+    (tmp_path / "source.txt").write_text(LABEL_TEXT)
+    objects = read_labels(tmp_path / "source.txt")
+    write_labels(path, objects)
+    before = path.read_text()
+    bad = objects[0].copy()
+    bad.type = ""
+    with pytest.raises(ValueError, match="one word"):
+        write_labels(path, objects + [bad])
+    assert path.read_text() == before and [p.name for p in path.parent.iterdir()] == ["000003.txt"]
+
+
+def test_parse_label_line_is_a_deprecated_alias():
+    with pytest.deprecated_call(match="KittiLabelLine.parse"):
+        name, numbers, score = parse_label_line(LABEL_TEXT.splitlines()[1])
+    assert name == "Car" and len(numbers) == 14 and numbers[3:7] == [0.0, 181.21, 140.61, 261.37] and score is None
 
 
 def test_levels():
@@ -157,3 +203,15 @@ def test_calib_with_bad_numbers_names_file_and_line(tmp_path):
     path.write_text(CALIB_TEXT.replace("R0_rect: 9.999128e-01", "R0_rect: nine"))
     with pytest.raises(ValueError, match=r"000009.txt' line 5: bad numbers for 'R0_rect'"):
         read_calib(path)
+
+
+def test_training_labels_and_class_names_convert_both_ways():
+    # The official MonoDETR training order, which is not the devkit's (Car first).
+    assert [kitti_class_name(i) for i in range(3)] == ["Pedestrian", "Car", "Cyclist"]
+    assert [kitti_label(name) for name in ("Pedestrian", "Car", "Cyclist")] == [0, 1, 2]
+    assert kitti_class_name(np.float32(1.0)) == "Car"  # decoded rows hold labels as floats
+    for bad in (3, -1, 0.5):
+        with pytest.raises(ValueError, match="0 Pedestrian, 1 Car, 2 Cyclist"):
+            kitti_class_name(bad)
+    with pytest.raises(ValueError, match="training classes"):
+        kitti_label("Van")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deformdetr.ops import bev_box_iou, bev_box_iou_reference, box3d_iou, box3d_iou_reference
-from deformdetr.ops.rotated_iou import bev_corners
+from deformdetr.ops.rotated_iou import bev_corners, rotated_rect_intersection_area_reference
 
 
 def random_bev(count: int, seed: int, spread: float = 3.0) -> np.ndarray:
@@ -111,6 +111,26 @@ def test_bev_far_from_origin_keeps_precision():
     b[:, 0] += 0.1
     shift = np.array([1e5, -2e5, 0.0, 0.0, 0.0])
     np.testing.assert_allclose(bev_box_iou(a + shift, b + shift), bev_box_iou(a, b), atol=1e-9)
+
+
+def test_the_reference_computes_in_the_dtype_it_is_given():
+    # float32 throughout (what bench/kitti_iou_float32.py needs to measure the devkit's precision).
+    a, b = random_bev(200, 9), random_bev(200, 10)
+    exact = rotated_rect_intersection_area_reference(a, b)
+    single = rotated_rect_intersection_area_reference(a, b, dtype=np.float32)
+    assert exact.dtype == np.float64 and single.dtype == np.float32 and bev_corners(a, np.float32).dtype == np.float32
+    np.testing.assert_allclose(single, exact, rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(single.astype(np.float64), exact)
+    # The edge crossings can be computed another way; no crossings, no intersection where no
+    # corner of one box is inside the other.
+    calls = []
+
+    def no_crossings(c1, c2):
+        calls.append(c1.dtype)
+        return np.zeros((len(c1), 16, 2), c1.dtype), np.zeros((len(c1), 16), bool)
+
+    crossed = rotated_rect_intersection_area_reference(a, b, edge_crossings=no_crossings)
+    assert calls == [np.float64] and (crossed <= exact + 1e-12).all() and (crossed < exact - 1e-6).any()
 
 
 @pytest.mark.parametrize("criterion", [-1, 0, 1, 2])

@@ -10,8 +10,19 @@ from deformdetr.data.synthetic import (
     generate_synthetic_coco,
 )
 from deformdetr.data.transforms import make_coco_transforms
-from deformdetr.data.kitti import Calibration, KittiObject, read_calib, read_labels, write_calib, write_labels
-from deformdetr.data.kitti_dataset import KITTI_CLASS_NAMES, KittiMono3D, mono_collate_fn
+from deformdetr.data.kitti import (
+    KITTI_CLASS_NAMES,
+    Calibration,
+    KittiLabelLine,
+    KittiObject,
+    read_calib,
+    read_label_lines,
+    read_labels,
+    write_calib,
+    write_label_lines,
+    write_labels,
+)
+from deformdetr.data.kitti_dataset import KittiMono3D, mono_collate_fn
 from deformdetr.data.synthetic_kitti import SyntheticKitti, generate_synthetic_kitti
 
 __all__ = [
@@ -26,10 +37,13 @@ __all__ = [
     "SyntheticCoco",
     "generate_synthetic_coco",
     "Calibration",
+    "KittiLabelLine",
     "KittiObject",
     "read_calib",
+    "read_label_lines",
     "read_labels",
     "write_calib",
+    "write_label_lines",
     "write_labels",
     "KITTI_CLASS_NAMES",
     "KittiMono3D",

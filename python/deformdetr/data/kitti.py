@@ -1,30 +1,58 @@
 """The KITTI object-detection file formats: camera calibration (``calib/*.txt``) and labels
 (``label_2/*.txt``), with the geometry MonoDETR's data pipeline needs (the official
-``kitti_utils``'s ``Calibration`` and ``Object3d``).
+``kitti_utils``'s ``Calibration`` and ``Object3d``), and the class labels MonoDETR trains with.
+
+Two class orders, never mixed: label indices (a target's ``labels``, a model's class outputs, a
+decoded detection's ``label``) follow the official MonoDETR training order,
+``KITTI_CLASS_NAMES = ("Pedestrian", "Car", "Cyclist")`` (Pedestrian = 0, Car = 1, Cyclist = 2),
+and are converted to and from names only by :func:`kitti_class_name` and :func:`kitti_label`.
+The KITTI devkit's evaluation numbers classes its own way, Car first
+(``deformdetr.eval.kitti.CLASS_NAMES``: Car = 0, Pedestrian = 1, Cyclist = 2, ...), for its
+``classes`` argument only; label files and devkit annotations carry names, so only names pass
+between training and evaluation.
 
 Coordinates are KITTI's rectified camera frame: x right, y down, z forward (metres). A label's
 ``location`` is the bottom centre of its 3D box; ``ry`` is the rotation about the camera's y
 axis in [-pi, pi]; ``alpha`` is the observation angle, ry minus the angle of the ray to the
 object. ``box2d`` is (x1, y1, x2, y2) in pixels of the original image.
+
+Label and result files are read by one reader (:func:`read_label_lines`) and written by one
+writer (:func:`write_label_lines`), one :class:`KittiLabelLine` per line; files are written
+atomically (a temporary file renamed over the target). Numbers are written with a given number
+of decimals, or exactly: label files (:func:`write_labels`) take KITTI's 2 decimals, the
+precision of the data set's own files; detection results (the evaluation's result files) are
+written exactly, each number as the shortest text that parses back to the same float64 (Python's
+``repr``), so that a result folder read back scores exactly what was scored in memory. (Two
+decimals, the official tester's choice, move a box by up to 5 mm and a score by up to 0.005:
+enough to carry an IoU across a minimum overlap or to reorder two detections.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 
 __all__ = [
+    "KITTI_CLASS_NAMES",
+    "KITTI_CLS2ID",
+    "kitti_class_name",
+    "kitti_label",
     "Calibration",
+    "KittiLabelLine",
     "KittiObject",
     "read_calib",
     "write_calib",
-    "parse_label_line",
+    "read_label_lines",
+    "write_label_lines",
     "read_labels",
     "write_labels",
+    "parse_label_line",
     "numbered_lines",
     "kitti_level",
     "wrap_angle",
@@ -32,8 +60,29 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
+#: The training label order (the official MonoDETR ``cls2id``): label i is ``KITTI_CLASS_NAMES[i]``.
+KITTI_CLASS_NAMES = ("Pedestrian", "Car", "Cyclist")
+KITTI_CLS2ID = {name: i for i, name in enumerate(KITTI_CLASS_NAMES)}
+
 #: KITTI's difficulty levels by (min 2D box height px, max truncation, max occlusion).
 _LEVELS = (("Easy", 1, 40.0, 0.15, 0), ("Moderate", 2, 25.0, 0.3, 1), ("Hard", 3, 25.0, 0.5, 2))
+
+
+def kitti_class_name(label) -> str:
+    """A training label index (an int, or a float holding one, as in decoded rows) -> its class
+    name in :data:`KITTI_CLASS_NAMES`."""
+    index = int(label)
+    if index != label or not 0 <= index < len(KITTI_CLASS_NAMES):
+        raise ValueError(f"a KITTI training label must be an integer in [0, {len(KITTI_CLASS_NAMES)}) "
+                         f"({', '.join(f'{i} {n}' for i, n in enumerate(KITTI_CLASS_NAMES))}), got {label!r}")
+    return KITTI_CLASS_NAMES[index]
+
+
+def kitti_label(name: str) -> int:
+    """A class name in :data:`KITTI_CLASS_NAMES` -> its training label index."""
+    if name not in KITTI_CLS2ID:
+        raise ValueError(f"KITTI training classes are {KITTI_CLASS_NAMES}, got {name!r}")
+    return KITTI_CLS2ID[name]
 
 
 def wrap_angle(angle: float) -> float:
@@ -174,8 +223,7 @@ def read_calib(path: PathLike) -> Calibration:
 def write_calib(path: PathLike, calib: Union[Calibration, np.ndarray]) -> None:
     if not isinstance(calib, Calibration):
         calib = Calibration(calib)
-    with open(os.fspath(path), "w") as handle:
-        handle.write("\n".join(calib.to_lines()) + "\n")
+    _write_atomically(path, "\n".join(calib.to_lines()) + "\n")
 
 
 def kitti_level(box_height: float, truncation: float, occlusion: float, height_scale: float = 1.0) -> tuple[str, int]:
@@ -191,15 +239,55 @@ def kitti_level(box_height: float, truncation: float, occlusion: float, height_s
     return "UnKnown", 4
 
 
+class KittiLabelLine(NamedTuple):
+    """One line of a KITTI label file (``label_2``, 15 fields) or detection result file (16: a
+    score last), its numbers as written, in float64: what files are read into and written from.
+    :class:`KittiObject` is the same line as the training pipeline uses it (official float32
+    geometry, derived values); the evaluation turns lines into devkit annotations."""
+
+    type: str
+    truncation: float
+    occlusion: float
+    alpha: float
+    box2d: tuple  # (x1, y1, x2, y2) pixels
+    h: float
+    w: float
+    l: float  # noqa: E741 (KITTI's name)
+    location: tuple  # (x, y, z) of the bottom centre, camera frame
+    ry: float
+    score: Optional[float] = None
+
+    @classmethod
+    def parse(cls, text: str) -> "KittiLabelLine":
+        """The one parser of the format."""
+        parts = text.split()
+        if len(parts) not in (15, 16):
+            raise ValueError(f"expected 15 or 16 fields in a KITTI label line, got {len(parts)}: {text.strip()!r}")
+        v = [float(x) for x in parts[1:]]
+        return cls(parts[0], v[0], v[1], v[2], tuple(v[3:7]), v[7], v[8], v[9], tuple(v[10:13]), v[13],
+                   v[14] if len(v) == 15 else None)
+
+    def format(self, precision: Optional[int] = None) -> str:
+        """The line's text (without the newline): occlusion as an integer, the other numbers with
+        ``precision`` decimals, or exactly when None (see the module docstring)."""
+        if not self.type or any(c.isspace() for c in self.type):
+            raise ValueError(f"a KITTI label type must be one word, got {self.type!r}")
+        number = repr if precision is None else f"{{:.{precision}f}}".format
+        values = [self.alpha, *self.box2d, self.h, self.w, self.l, *self.location, self.ry]
+        if self.score is not None:
+            values.append(self.score)
+        fields = [self.type, number(float(self.truncation)), str(int(self.occlusion))]
+        return " ".join(fields + [number(float(x)) for x in values])
+
+
 def parse_label_line(line: str) -> tuple[str, list, Optional[float]]:
-    """A label_2 line -> (type, the 14 numbers from truncation to rotation_y, score or None): 15
-    fields in labels, 16 in detection results. The one parser of the format (training labels and
-    the evaluation both read through it)."""
-    parts = line.split()
-    if len(parts) not in (15, 16):
-        raise ValueError(f"expected 15 or 16 fields in a KITTI label line, got {len(parts)}: {line.strip()!r}")
-    values = [float(x) for x in parts[1:]]
-    return parts[0], values[:14], values[14] if len(values) == 15 else None
+    """Deprecated: :meth:`KittiLabelLine.parse`. A label line -> (type, the 14 numbers from
+    truncation to rotation_y, score or None)."""
+    warnings.warn("deformdetr.data.kitti.parse_label_line is deprecated; use "
+                  "deformdetr.data.kitti.KittiLabelLine.parse", DeprecationWarning, stacklevel=2)
+    row = KittiLabelLine.parse(line)
+    numbers = [row.truncation, row.occlusion, row.alpha, *row.box2d, row.h, row.w, row.l, *row.location, row.ry]
+    return row.type, numbers, row.score
 
 
 @dataclass
@@ -224,19 +312,20 @@ class KittiObject:
         self.location = np.asarray(self.location, dtype=np.float32).reshape(3).copy()
 
     @classmethod
+    def from_label_line(cls, line: KittiLabelLine) -> "KittiObject":
+        return cls(**line._asdict())
+
+    @classmethod
     def from_line(cls, line: str) -> "KittiObject":
-        name, v, score = parse_label_line(line)
-        return cls(type=name, truncation=v[0], occlusion=v[1], alpha=v[2], box2d=v[3:7], h=v[7], w=v[8],
-                   l=v[9], location=v[10:13], ry=v[13], score=score)
+        return cls.from_label_line(KittiLabelLine.parse(line))
+
+    def label_line(self) -> KittiLabelLine:
+        return KittiLabelLine(self.type, self.truncation, self.occlusion, self.alpha, tuple(self.box2d.tolist()),
+                              self.h, self.w, self.l, tuple(self.location.tolist()), self.ry, self.score)
 
     def to_kitti_line(self, precision: int = 2) -> str:
         """The label line (KITTI writes 2 decimals; occlusion as an integer), with the score if set."""
-        f = f"{{:.{precision}f}}"
-        values = [self.alpha, *self.box2d.tolist(), self.h, self.w, self.l, *self.location.tolist(), self.ry]
-        fields = [self.type, f.format(self.truncation), str(int(self.occlusion))] + [f.format(x) for x in values]
-        if self.score is not None:
-            fields.append(f.format(self.score))
-        return " ".join(fields)
+        return self.label_line().format(precision)
 
     def copy(self) -> "KittiObject":
         return KittiObject(self.type, self.truncation, self.occlusion, self.alpha, self.box2d, self.h, self.w,
@@ -268,23 +357,51 @@ class KittiObject:
         return (rotation @ np.stack([x, y, z])).T + self.location.astype(np.float64)
 
 
-def read_labels(path: PathLike) -> list[KittiObject]:
-    """A KITTI label file -> its objects (blank lines skipped); errors name the file and line."""
+def read_label_lines(path: PathLike) -> list[KittiLabelLine]:
+    """The lines of a KITTI label or result file (blank lines skipped): the one reader of these
+    files. Errors name the file and the line."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"label file {path!r} not found")
-    objects = []
-    for number, line in numbered_lines(path):
-        if not line.strip():
+    lines = []
+    for number, text in numbered_lines(path):
+        if not text.strip():
             continue
         try:
-            objects.append(KittiObject.from_line(line))
+            lines.append(KittiLabelLine.parse(text))
         except ValueError as error:
             raise ValueError(f"{path!r} line {number}: {error}") from None
-    return objects
+    return lines
+
+
+def write_label_lines(path: PathLike, lines: Iterable[KittiLabelLine], precision: Optional[int] = None) -> None:
+    """Writes a KITTI label or result file atomically, the numbers with ``precision`` decimals or,
+    by default, exactly (see the module docstring): the one writer of these files."""
+    _write_atomically(path, "".join(line.format(precision) + "\n" for line in lines))
+
+
+def read_labels(path: PathLike) -> list[KittiObject]:
+    """A KITTI label file -> its objects (blank lines skipped); errors name the file and line."""
+    return [KittiObject.from_label_line(line) for line in read_label_lines(path)]
 
 
 def write_labels(path: PathLike, objects: Iterable[KittiObject], precision: int = 2) -> None:
-    with open(os.fspath(path), "w") as handle:
-        for obj in objects:
-            handle.write(obj.to_kitti_line(precision) + "\n")
+    """Writes objects as a KITTI label file (atomically), with KITTI's 2 decimals by default."""
+    write_label_lines(path, [obj.label_line() for obj in objects], precision)
+
+
+def _write_atomically(path: PathLike, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path`` and renames it over ``path``: a reader
+    never sees half a file, and a crash leaves the old file or the new one. Creates the folder."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

@@ -10,6 +10,11 @@ Layout (official)::
 An item is ``(image (3, H, W) float32, calib (3, 4) float32, target dict, info dict)``, the
 official order; :func:`mono_collate_fn` batches them for ``MonoDETR.forward(images, calibs,
 img_sizes)`` and ``MonoSetCriterion(outputs, targets)``.
+
+Class labels follow the official MonoDETR training order, :data:`KITTI_CLASS_NAMES` =
+("Pedestrian", "Car", "Cyclist"): target label 0 is Pedestrian, 1 Car, 2 Cyclist (converted by
+:func:`~deformdetr.data.kitti.kitti_label` / :func:`~deformdetr.data.kitti.kitti_class_name`).
+The KITTI devkit's evaluation orders classes Car first; see :mod:`deformdetr.data.kitti`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from deformdetr.data.coco import load_image
-from deformdetr.data.kitti import Calibration, KittiObject, numbered_lines, read_calib, read_labels
+from deformdetr.data.kitti import (
+    KITTI_CLASS_NAMES,
+    KITTI_CLS2ID,
+    Calibration,
+    KittiObject,
+    kitti_label,
+    numbered_lines,
+    read_calib,
+    read_labels,
+)
 from deformdetr.data.kitti_transforms import (
     affine_image,
     affine_transform,
@@ -41,9 +55,6 @@ __all__ = ["KittiMono3D", "mono_collate_fn", "read_split_file", "KITTI_CLASS_NAM
 
 PathLike = Union[str, os.PathLike]
 
-#: The official class order: model class i is ``KITTI_CLASS_NAMES[i]``.
-KITTI_CLASS_NAMES = ("Pedestrian", "Car", "Cyclist")
-KITTI_CLS2ID = {name: i for i, name in enumerate(KITTI_CLASS_NAMES)}
 KITTI_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 KITTI_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -262,7 +273,7 @@ class KittiMono3D(Dataset):
                     continue
                 lrtb = np.clip(lrtb, 0, 1)
             size_2d = box[2:] - box[:2]
-            cls_id = KITTI_CLS2ID[obj.type]
+            cls_id = kitti_label(obj.type)
             rows["labels"].append(cls_id)
             rows["boxes"].append([(box_norm[0] + box_norm[2]) / 2, (box_norm[1] + box_norm[3]) / 2,
                                   size_2d[0] / resolution[0], size_2d[1] / resolution[1]])

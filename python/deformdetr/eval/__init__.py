@@ -5,9 +5,12 @@ from deformdetr.eval.coco import COCO_STAT_NAMES, coco_detections, evaluate_coco
 from deformdetr.eval.kitti import (
     KittiEvalResult,
     evaluate_kitti,
+    evaluate_kitti_reference,
+    kitti_detections,
     read_kitti_label_dir,
     read_kitti_label_file,
     read_kitti_result_dir,
+    write_kitti_result_dir,
     write_kitti_result_file,
 )
 
@@ -17,8 +20,11 @@ __all__ = [
     "evaluate_coco",
     "KittiEvalResult",
     "evaluate_kitti",
+    "evaluate_kitti_reference",
     "read_kitti_label_dir",
     "read_kitti_label_file",
     "read_kitti_result_dir",
     "write_kitti_result_file",
+    "write_kitti_result_dir",
+    "kitti_detections",
 ]

@@ -31,8 +31,9 @@ volume, as here. The evaluation uses criterion -1 only.
 Areas and volumes come from the dimensions (``l * w``, ``l * h * w``), as in the devkit.
 Dimensions must be non-negative. Two boxes of zero area give NaN (0 / 0) under criterion -1.
 
-The native kernels compute in float64 (the devkit's kernel in float32), exactly (convex polygon
-clipping), multi-threaded, with the GIL released for large inputs.
+The native kernels compute in float64 (the devkit's kernel in float32: how far apart that puts
+the two is measured in :mod:`deformdetr.eval.kitti.api`), exactly (convex polygon clipping),
+multi-threaded, with the GIL released for large inputs.
 """
 
 from __future__ import annotations
@@ -103,12 +104,12 @@ def _pairwise(kernel, boxes1, boxes2, criterion: int, width: int, layout: str):
 # ordered by angle around their centroid, then measured by the shoelace formula.
 
 
-def bev_corners(boxes: np.ndarray) -> np.ndarray:
-    """(N, 4, 2) corners (x, z) of BEV boxes (N, 5), counter-clockwise."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+def bev_corners(boxes: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """(N, 4, 2) corners (x, z) of BEV boxes (N, 5), counter-clockwise, computed in ``dtype``."""
+    boxes = np.asarray(boxes, dtype=dtype).reshape(-1, 5)
     x, z, length, width, ry = boxes.T
-    u = np.array([-0.5, 0.5, 0.5, -0.5])[None, :] * length[:, None]
-    v = np.array([-0.5, -0.5, 0.5, 0.5])[None, :] * width[:, None]
+    u = np.array([-0.5, 0.5, 0.5, -0.5], dtype=dtype)[None, :] * length[:, None]
+    v = np.array([-0.5, -0.5, 0.5, 0.5], dtype=dtype)[None, :] * width[:, None]
     c, s = np.cos(ry)[:, None], np.sin(ry)[:, None]
     return np.stack([x[:, None] + c * u + s * v, z[:, None] - s * u + c * v], axis=-1)
 
@@ -145,19 +146,24 @@ def _edge_crossings(c1: np.ndarray, c2: np.ndarray) -> tuple[np.ndarray, np.ndar
     return points.reshape(len(c1), 16, 2), ok.reshape(len(c1), 16)
 
 
-def rotated_rect_intersection_area_reference(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """Intersection areas of paired BEV boxes (P, 5) and (P, 5): a (P,) array."""
-    c1, c2 = bev_corners(boxes_a), bev_corners(boxes_b)
+def rotated_rect_intersection_area_reference(boxes_a: np.ndarray, boxes_b: np.ndarray, dtype=np.float64,
+                                             edge_crossings=None) -> np.ndarray:
+    """Intersection areas of paired BEV boxes (P, 5) and (P, 5): a (P,) array, computed in
+    ``dtype`` throughout. ``edge_crossings(c1, c2)`` -> (P, 16, 2) points and a mask, the
+    crossings of every edge of the corners c1 (P, 4, 2) with every edge of c2, replaces the
+    default computation; with float32 it lets ``bench/kitti_iou_float32.py`` measure what the
+    devkit's float32 arithmetic loses."""
+    c1, c2 = bev_corners(boxes_a, dtype), bev_corners(boxes_b, dtype)
     if len(c1) == 0:
-        return np.zeros(0)
+        return np.zeros(0, dtype=dtype)
     eps = 1e-12
     in1 = _points_in_rects(c1, c2, eps)
     in2 = _points_in_rects(c2, c1, eps)
-    crossings, crossing_ok = _edge_crossings(c1, c2)
+    crossings, crossing_ok = (edge_crossings or _edge_crossings)(c1, c2)
     points = np.concatenate([c1, c2, crossings], axis=1)  # (P, 24, 2)
     valid = np.concatenate([in1, in2, crossing_ok], axis=1)
     count = valid.sum(1)
-    centroid = (points * valid[..., None]).sum(1) / np.maximum(count, 1)[:, None]
+    centroid = (points * valid[..., None]).sum(1) / np.maximum(count, 1).astype(dtype)[:, None]
     rel = points - centroid[:, None, :]
     angle = np.where(valid, np.arctan2(rel[..., 1], rel[..., 0]), np.inf)
     order = np.argsort(angle, axis=1, kind="stable")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from deformdetr.engine.outputs import as_float32
@@ -111,16 +110,13 @@ class Mono3DTask(Task):
     def score(self, predictions: dict, dataset, results_dir: Optional[str] = None) -> dict:
         """KITTI AP (strict overlaps) against the split's label files; ``results_dir`` receives the
         KITTI result files (label_2 format with scores), one per image."""
-        from deformdetr.data.kitti_dataset import KITTI_CLASS_NAMES
-        from deformdetr.eval.kitti import evaluate_kitti, read_kitti_label_file, write_kitti_result_file
+        from deformdetr.eval.kitti import evaluate_kitti, kitti_detections, read_kitti_label_dir, write_kitti_result_dir
 
         ids = sorted(predictions)
-        label_dir = os.path.join(dataset.data_dir, "label_2")
-        gt = [read_kitti_label_file(os.path.join(label_dir, f"{i:06d}.txt")) for i in ids]
-        dt = [_devkit_annotation(predictions[i], KITTI_CLASS_NAMES) for i in ids]
+        gt = read_kitti_label_dir(os.path.join(dataset.data_dir, "label_2"), ids)
+        dt = [kitti_detections(predictions[i]) for i in ids]
         if results_dir:
-            for image_id, annotation in zip(ids, dt):
-                write_kitti_result_file(os.path.join(results_dir, f"{image_id:06d}.txt"), annotation)
+            write_kitti_result_dir(results_dir, ids, dt)
         flat = evaluate_kitti(gt, dt).to_flat_dict()
         return {**{k: flat[k] for k in HEADLINE if k in flat}, **flat}
 
@@ -134,20 +130,3 @@ class Mono3DTask(Task):
         from deformdetr.data.kitti_dataset import KITTI_CLASS_NAMES
 
         return dict(enumerate(KITTI_CLASS_NAMES))
-
-
-def _devkit_annotation(rows: list, class_names) -> dict:
-    """decode's rows [cls, alpha, x1, y1, x2, y2, h, w, l, x, y, z, ry, score] as a devkit
-    annotation dict (dimensions in the devkit's (l, h, w) order)."""
-    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 14)
-    return {
-        "name": np.array([class_names[int(c)] for c in rows[:, 0]], dtype="<U10"),
-        "truncated": np.zeros(len(rows)),
-        "occluded": np.zeros(len(rows), dtype=np.int64),
-        "alpha": rows[:, 1],
-        "bbox": rows[:, 2:6],
-        "dimensions": rows[:, [8, 6, 7]],
-        "location": rows[:, 9:12],
-        "rotation_y": rows[:, 12],
-        "score": rows[:, 13],
-    }

@@ -5,7 +5,7 @@ centre, the depth and the camera (P2), the size (plus the class mean size) and t
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,10 +13,51 @@ from torch import Tensor
 
 from deformdetr.ops.boxes import box_cxcylrtb_to_xyxy, box_xyxy_to_cxcywh_reference
 
-__all__ = ["extract_dets_from_outputs", "decode_detections", "decode", "angle2class", "class2angle",
-           "img_to_rect", "alpha2ry", "ry2alpha", "KITTI_CLS_MEAN_SIZE", "NUM_HEADING_BINS"]
+__all__ = ["Detection3D", "detection_columns", "extract_dets_from_outputs", "decode_detections", "decode",
+           "angle2class", "class2angle", "img_to_rect", "alpha2ry", "ry2alpha", "KITTI_CLS_MEAN_SIZE",
+           "NUM_HEADING_BINS"]
 
 NUM_HEADING_BINS = 12
+
+# The columns of extract_dets_from_outputs' rows, in the order it concatenates them.
+_LABEL = 0
+_SCORE = 1
+_BOX_2D = slice(2, 6)  # cx, cy, w, h of the 2D box, normalised by the image size
+_DEPTH = 6
+_HEADING = slice(7, 7 + 2 * NUM_HEADING_BINS)  # bin scores, then per-bin residuals
+_SIZE_3D = slice(31, 34)  # h, w, l
+_CENTRE_3D = slice(34, 36)  # the projected 3D centre x, y, normalised
+_DEPTH_CONFIDENCE = 36  # exp(-log-variance of the depth)
+
+
+class Detection3D(NamedTuple):
+    """One decoded detection, a row of :func:`decode_detections`: its training label (index in
+    ``deformdetr.data.kitti.KITTI_CLASS_NAMES``: Pedestrian, Car, Cyclist), the observation angle,
+    the 2D box in pixels of the original image, the size, the bottom centre of the 3D box in the
+    camera frame, the rotation about the camera's y axis and the score. A tuple, so rows also
+    stack into (N, 14) arrays, whose columns :func:`detection_columns` names."""
+
+    label: int
+    alpha: float
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    h: float
+    w: float
+    l: float  # noqa: E741 (KITTI's name)
+    x: float
+    y: float
+    z: float
+    ry: float
+    score: float
+
+
+def detection_columns(rows) -> dict:
+    """Decoded rows (:class:`Detection3D` or sequences in its field order) -> one float64 column
+    per field name."""
+    table = np.asarray(rows, dtype=np.float64).reshape(-1, len(Detection3D._fields))
+    return {name: table[:, i] for i, name in enumerate(Detection3D._fields)}
 
 #: The official KITTI class mean sizes (h, w, l) of Pedestrian, Car, Cyclist. The official
 #: configuration (``meanshape: False``) uses zeros instead: sizes are predicted absolutely.
@@ -101,8 +142,9 @@ def extract_dets_from_outputs(outputs: Mapping[str, Tensor], topk: int = 50) -> 
 def decode_detections(dets, img_sizes, calibs, cls_mean_size: Optional[np.ndarray] = None,
                       threshold: float = 0.2, img_ids: Optional[Sequence] = None):
     """Rows of :func:`extract_dets_from_outputs` (a tensor or array) -> per image a list of
-    [class, alpha, x1, y1, x2, y2 (pixels), h, w, l, x, y, z (the bottom centre, camera frame),
-    ry, score], keeping scores >= ``threshold``; the score is multiplied by the depth confidence.
+    :class:`Detection3D` (label, alpha, x1, y1, x2, y2 (pixels), h, w, l, x, y, z (the bottom
+    centre, camera frame), ry, score), keeping scores >= ``threshold``; the score is multiplied
+    by the depth confidence.
     img_sizes (B, 2) (W, H) and calibs (B, 3, 4) P2 of the original images; ``cls_mean_size``
     (classes, 3), default zeros (the official configuration). Returns a list, or a dict keyed by
     ``img_ids`` if given (as the official)."""
@@ -110,31 +152,32 @@ def decode_detections(dets, img_sizes, calibs, cls_mean_size: Optional[np.ndarra
     img_sizes = img_sizes.detach().cpu().numpy() if isinstance(img_sizes, Tensor) else np.asarray(img_sizes)
     calibs = calibs.detach().cpu().numpy() if isinstance(calibs, Tensor) else np.asarray(calibs)
     if cls_mean_size is None:
-        cls_mean_size = np.zeros((max(int(dets[..., 0].max(initial=0)) + 1, 3), 3), dtype=np.float32)
+        cls_mean_size = np.zeros((max(int(dets[..., _LABEL].max(initial=0)) + 1, 3), 3), dtype=np.float32)
     results = []
     for i in range(dets.shape[0]):
         width, height = img_sizes[i][0], img_sizes[i][1]
         P2 = calibs[i]
         preds = []
-        for j in range(dets.shape[1]):
-            cls_id = int(dets[i, j, 0])
-            score = dets[i, j, 1]
+        for det in dets[i]:
+            cls_id = int(det[_LABEL])
+            score = det[_SCORE]
             if score < threshold:
                 continue
-            x, y = dets[i, j, 2] * width, dets[i, j, 3] * height
-            w, h = dets[i, j, 4] * width, dets[i, j, 5] * height
+            cx, cy, box_w, box_h = det[_BOX_2D]
+            x, y = cx * width, cy * height
+            w, h = box_w * width, box_h * height
             bbox = [x - w / 2, y - h / 2, x + w / 2, y + h / 2]
-            depth = dets[i, j, 6]
-            dimensions = dets[i, j, 31:34] + cls_mean_size[cls_id]
-            x3d, y3d = dets[i, j, 34] * width, dets[i, j, 35] * height
+            depth = det[_DEPTH]
+            dimensions = det[_SIZE_3D] + cls_mean_size[cls_id]
+            x3d, y3d = det[_CENTRE_3D][0] * width, det[_CENTRE_3D][1] * height
             location = img_to_rect(P2, x3d, y3d, depth).reshape(-1)
             location[1] += dimensions[0] / 2  # KITTI locates boxes at their bottom centre
-            heading = dets[i, j, 7:31]
+            heading = det[_HEADING]
             bin_id = int(np.argmax(heading[:NUM_HEADING_BINS]))
             alpha = class2angle(bin_id, heading[NUM_HEADING_BINS + bin_id], to_label_format=True)
             ry = alpha2ry(P2, alpha, x)
-            score = score * dets[i, j, -1]
-            preds.append([cls_id, alpha] + bbox + dimensions.tolist() + location.tolist() + [ry, score])
+            score = score * det[_DEPTH_CONFIDENCE]
+            preds.append(Detection3D(cls_id, alpha, *bbox, *dimensions.tolist(), *location.tolist(), ry, score))
         results.append(preds)
     if img_ids is not None:
         return {img_id: preds for img_id, preds in zip(img_ids, results)}
