@@ -10,6 +10,8 @@ import sys
 import time
 import warnings
 
+from deformdetr.bench import positive_int
+
 
 def _info(args) -> int:
     import torch
@@ -48,7 +50,7 @@ def _train(args) -> int:
 
     cfg = _config(args)
     try:
-        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite, weights=args.weights)
     except KeyboardInterrupt:
         _report_interrupted(os.path.join(cfg["output_dir"], CHECKPOINT_NAME))
         return 130
@@ -119,9 +121,9 @@ def _predict(args) -> int:
     from deformdetr.engine.predict import PREDICTIONS_NAME, SKIPPED_NAME, image_files, load_for_prediction
     from deformdetr.engine.trainer import resolve_device
 
-    task, model, names = load_for_prediction(args.checkpoint)
+    task, model, categories = load_for_prediction(args.checkpoint)
     records = task.predict_images(model, image_files(args.images), args.output_dir, resolve_device(args.device),
-                                  args.threshold, names)
+                                  args.threshold, categories, batch_size=args.batch_size)
     found = sum(len(r["detections"]) for r in records)
     print(f"{found} detections in {len(records)} images -> {os.path.join(args.output_dir, PREDICTIONS_NAME)}")
     if records.skipped:
@@ -146,10 +148,10 @@ def _demo(args) -> int:
     # The demo is meant to be run again: a new run replaces the previous demo's outputs.
     result = train(cfg, overwrite=True)
     metrics = result["eval"]
-    task, model, names = load_for_prediction(os.path.join(cfg["output_dir"], CHECKPOINT_NAME))
+    task, model, categories = load_for_prediction(os.path.join(cfg["output_dir"], CHECKPOINT_NAME))
     val_images = sorted(glob.glob(os.path.join(cfg["data"]["root"], "val2017", "*")))[: args.num_images]
     predictions = os.path.join(cfg["output_dir"], "predictions")
-    task.predict_images(model, val_images, predictions, device, args.threshold, names)
+    task.predict_images(model, val_images, predictions, device, args.threshold, categories)
     _print_metrics(task, metrics)
     print(f"demo done in {(time.time() - started) / 60:.1f} min: AP50 {metrics.get('AP50', 0):.3f}; "
           f"curves {os.path.join(cfg['output_dir'], 'curves.png')}; pictures in {predictions}")
@@ -165,7 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a detector from a preset or a YAML config")
     train.add_argument("--config", "-c", default="demo_synthetic", help="preset name or YAML file")
-    train.add_argument("--resume", help="continue from this checkpoint (model, optimizer, epoch, RNG)")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", help="continue from this checkpoint (model, optimizer, epoch, RNG)")
+    start.add_argument("--weights", help="start a new run from this checkpoint's weights (ours or official); "
+                                         "those that do not fit (a head for other classes) are re-initialised")
     train.add_argument("--output-dir", help="where checkpoints, logs and plots go")
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh even if the output folder holds a previous run")
@@ -189,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output-dir", default="predictions")
     predict.add_argument("--threshold", type=_threshold, default=0.5, help="keep scores >= this (0..1)")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--batch-size", type=positive_int, default=1,
+                         help="images run together (those of one size; results as one at a time)")
     predict.set_defaults(run=_predict)
 
     demo = commands.add_parser("demo", help="synthetic data -> train on CPU -> evaluate -> pictures")

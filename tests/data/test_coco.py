@@ -300,7 +300,8 @@ def test_annotation_file_without_usable_boxes_warns_once_with_counts(tmp_path, a
     assert len(dataset) == 3  # still usable (e.g. to look at the images)
 
 
-def test_annotation_file_with_a_usable_box_does_not_warn(dataset_files):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+def test_annotation_file_with_usable_boxes_only_counts_the_degenerate_ones(dataset_files):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         CocoDetection(*dataset_files)
+    assert [str(w.message).split(": ", 1)[1] for w in caught] == ["1 boxes of zero or negative size are skipped"]

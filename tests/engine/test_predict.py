@@ -92,3 +92,58 @@ def test_no_readable_image_at_all_is_an_error(tmp_path):
     with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="none of the 1 images.*bad.png"):
         predict([bad], tmp_path / "out")
     assert not (tmp_path / "out" / "predictions.json").exists()
+
+
+def test_batches_give_the_results_of_one_image_at_a_time(tmp_path):
+    from deformdetr.data.transforms import make_coco_transforms
+    from deformdetr.models import deformable_detr
+
+    torch.manual_seed(0)
+    model = deformable_detr("multi_scale", num_classes=4, backbone="resnet18", hidden_dim=64, nheads=2,
+                            enc_layers=1, dec_layers=1, dim_feedforward=32, num_queries=6)
+    rng = np.random.default_rng(0)
+    images = []
+    for index, size in enumerate([(40, 30), (40, 30), (32, 48), (40, 30), (32, 48)]):  # two sizes, interleaved
+        path = tmp_path / f"image{index}.png"
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        images.append(str(path))
+    transform = make_coco_transforms("val", val_size=32, max_size=64)
+
+    def detections(batch_size):
+        records = predict_images(model, images, str(tmp_path / f"b{batch_size}"), transform, "cpu", threshold=0.0,
+                                 batch_size=batch_size)
+        assert [r["image"] for r in records] == images  # input order
+        return records
+
+    one, batched = detections(1), detections(2)
+    for a, b in zip(one, batched):
+        assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
+        assert np.allclose([d["score"] for d in a["detections"]], [d["score"] for d in b["detections"]], atol=1e-5)
+        assert np.allclose([d["box_xyxy"] for d in a["detections"]], [d["box_xyxy"] for d in b["detections"]],
+                           atol=1e-3)
+
+
+def test_records_and_drawings_carry_the_data_sets_ids_and_names(tmp_path):
+    from deformdetr.data.categories import Categories, Category
+
+    categories = Categories([Category(1, 17, "pear")], num_classes=3)
+    records = predict_images(OneBox(), [str(gray(tmp_path / "a.png"))], str(tmp_path / "out"), to_tensor, "cpu",
+                             categories=categories)
+    assert records[0]["detections"][0] | {"box_xyxy": None} == {
+        "label": 1, "category_id": 17, "name": "pear", "score": pytest.approx(0.8808, abs=1e-4), "box_xyxy": None}
+
+
+def test_official_checkpoints_of_91_classes_name_the_coco_categories(tmp_path):
+    import argparse
+    import dataclasses
+
+    from deformdetr.engine.predict import load_for_prediction
+    from deformdetr.models import deformable_detr
+
+    model = deformable_detr("multi_scale", num_classes=91, backbone="resnet18", hidden_dim=64, nheads=2,
+                            enc_layers=1, dec_layers=1, dim_feedforward=32, num_queries=4)
+    path = tmp_path / "official.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(**dataclasses.asdict(model.config))}, path)
+    task, _, categories = load_for_prediction(str(path))
+    assert task.name == "detection"
+    assert (categories.name_of(1), categories.id_of(1), categories.name_of(90)) == ("person", 1, "toothbrush")

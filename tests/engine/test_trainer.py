@@ -25,7 +25,7 @@ def test_cli_train_eval_predict_end_to_end(tmp_path, tiny_overrides, synthetic_r
     assert (out / "curves.png").stat().st_size > 0
     checkpoint = out / "checkpoint.pth"
     state = read_checkpoint(str(checkpoint))
-    assert state["epoch"] == 1 and state["class_names"][1] == "circle"
+    assert state["epoch"] == 1 and {"label": 1, "id": 1, "name": "circle"} in state["categories"]
 
     metrics = tmp_path / "metrics.json"
     assert main(["eval", "--config", "demo_synthetic", "--checkpoint", str(checkpoint), "--json", str(metrics),

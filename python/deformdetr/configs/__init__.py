@@ -101,6 +101,10 @@ def _coerce(default: Any, value: Any, origin: str, where: str) -> Any:
         if strict and value is not None and not isinstance(value, bool):
             raise ConfigError(f"{origin}: {where!r} must be true or false, got {value!r}")
         return value
+    if where in _INT_OR_AUTO and value == "auto":
+        return value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{origin}: {where!r} must be text, got {value!r}")
     if isinstance(default, (int, float)) and isinstance(value, bool):
         raise ConfigError(f"{origin}: {where!r} must be a number, got {value!r}")
     if isinstance(default, (int, float)) and isinstance(value, str):
@@ -126,9 +130,15 @@ _NULLABLE = {
     "model.with_box_refine": False,
     "model.two_stage": False,
     "train.max_minutes": 0.0,
+    "data.train_images": "",
+    "data.train_annotations": "",
+    "data.val_images": "",
+    "data.val_annotations": "",
 }
 # Switches that also take a text: the backbone weights, true for ImageNet or a path/URL.
 _BOOL_OR_TEXT = {"model.pretrained_backbone"}
+# Numbers that may also be "auto" (taken from the data).
+_INT_OR_AUTO = {"model.num_classes"}
 
 
 def _chain(name_or_path: str, seen: tuple = ()) -> list[tuple[str, dict]]:

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Union
+from typing import Any, Optional, Union
 
+from deformdetr.data.categories import Categories
 from deformdetr.data.coco import CocoDetection
 from deformdetr.data.transforms import make_coco_transforms
 
@@ -19,7 +20,7 @@ def coco_paths(root: Union[str, os.PathLike], image_set: str) -> tuple[str, str]
     if image_set not in _SPLIT_FOLDERS:
         expected = sorted(_SPLIT_FOLDERS)
         raise ValueError(f"unknown image_set {image_set!r}; expected one of {expected}")
-    root = os.fspath(root)
+    root = os.fspath(root) if root is not None else ""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"COCO root {root!r} does not exist")
     split = _SPLIT_FOLDERS[image_set]
@@ -27,15 +28,22 @@ def coco_paths(root: Union[str, os.PathLike], image_set: str) -> tuple[str, str]
 
 
 def build_coco(
-    root: Union[str, os.PathLike],
+    root: Union[str, os.PathLike, None],
     image_set: str,
     skip_corrupt: bool = False,
+    categories: Union[Categories, int, str, None] = None,
+    images: Optional[str] = None,
+    annotations: Optional[str] = None,
     **transform_kwargs: Any,
 ) -> CocoDetection:
     """The ``image_set`` split of the COCO-layout data set at ``root`` with the official
-    transforms; ``transform_kwargs`` go to :func:`make_coco_transforms` (``scales``,
-    ``max_size``, ``crop_sizes``, ``crop_min_max``, ``val_size``, ``mean``, ``std``), e.g.
+    transforms; ``images`` (a folder) and ``annotations`` (a COCO json file) replace the official
+    layout's where given (then ``root`` may be None). ``categories``: see :class:`CocoDetection`.
+    ``transform_kwargs`` go to :func:`make_coco_transforms` (``scales``, ``max_size``,
+    ``crop_sizes``, ``crop_min_max``, ``val_size``, ``mean``, ``std``), e.g.
     ``**SYNTHETIC_TRANSFORM_KWARGS`` for the synthetic data set."""
-    img_folder, ann_file = coco_paths(root, image_set)
+    if images is None or annotations is None:
+        default_images, default_annotations = coco_paths(root, image_set)
+        images, annotations = images or default_images, annotations or default_annotations
     transforms = make_coco_transforms(image_set, **transform_kwargs)
-    return CocoDetection(img_folder, ann_file, transforms=transforms, skip_corrupt=skip_corrupt)
+    return CocoDetection(images, annotations, transforms=transforms, skip_corrupt=skip_corrupt, categories=categories)

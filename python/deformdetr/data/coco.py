@@ -1,6 +1,7 @@
 """A COCO-format detection dataset (read with pycocotools) giving the official Deformable DETR
 targets: crowd annotations dropped, boxes as absolute xyxy pixels clamped to the image, empty
-boxes dropped, labels = the COCO category ids (so ``num_classes = max id + 1``, 91 for COCO)."""
+boxes dropped, labels from the data set's categories (data.categories: the category ids
+themselves, as officially, 91 classes for COCO; or numbered 0..K-1)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+
+from deformdetr.data.categories import Categories
 
 __all__ = [
     "AnnotationFileError",
@@ -95,21 +98,26 @@ def _high_depth_to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def convert_coco_annotations(
-    annotations: Sequence[dict], image_id: int, width: int, height: int
+    annotations: Sequence[dict], image_id: int, width: int, height: int,
+    categories: Optional[Categories] = None,
 ) -> dict:
     """COCO annotations of one image -> the official target dict (see the module docstring).
 
     ``boxes`` (N, 4) float32 xyxy, ``labels`` (N,) int64, ``image_id`` (1,) int64, ``area`` (N,)
-    float32, ``iscrowd`` (N,) int64, ``orig_size`` and ``size`` (2,) int64 as (height, width)."""
+    float32, ``iscrowd`` (N,) int64, ``orig_size`` and ``size`` (2,) int64 as (height, width).
+    ``categories`` numbers the labels (None: the category ids); annotations of categories it does
+    not hold are left out (a validation set's categories that the model was not trained on)."""
     # Crowd regions are not objects to detect; the official code ignores them in training.
-    annotations = [a for a in annotations if a.get("iscrowd", 0) == 0]
+    annotations = [a for a in annotations if a.get("iscrowd", 0) == 0
+                   and (categories is None or categories.has_id(a["category_id"]))]
     boxes = torch.as_tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
     boxes[:, 0::2].clamp_(min=0, max=width)
     boxes[:, 1::2].clamp_(min=0, max=height)
     # Boxes that became empty (or were degenerate in the file) cannot be matched or regressed.
     keep = (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 2] > boxes[:, 0])
-    labels = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
+    labels = torch.tensor([a["category_id"] if categories is None else categories.label_of(a["category_id"])
+                           for a in annotations], dtype=torch.int64)
     area = torch.tensor([float(a.get("area", 0.0)) for a in annotations], dtype=torch.float32)
     iscrowd = torch.tensor([a.get("iscrowd", 0) for a in annotations], dtype=torch.int64)
     return {
@@ -168,6 +176,24 @@ def _is_xywh(bbox) -> bool:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox))
 
 
+def _check_category_references(coco: COCO, ann_file: str) -> None:
+    """Every annotation names a category the file lists."""
+    listed = {c["id"] for c in coco.dataset.get("categories", [])}
+    unknown = sorted({a["category_id"] for a in coco.anns.values()} - listed)
+    if unknown:
+        count = sum(a["category_id"] in unknown for a in coco.anns.values())
+        raise AnnotationFileError(ann_file, f"{count} annotations name category ids that its 'categories' do "
+                                            f"not list: {unknown[:8]}")
+
+
+def _warn_about_degenerate_boxes(coco: COCO, ann_file: str) -> None:
+    degenerate = sum(1 for a in coco.anns.values() if a.get("iscrowd", 0) == 0
+                     and (a["bbox"][2] <= 0 or a["bbox"][3] <= 0))
+    if degenerate:
+        warnings.warn(f"COCO annotation file {ann_file!r}: {degenerate} boxes of zero or negative size are "
+                      f"skipped", RuntimeWarning, stacklevel=4)
+
+
 def count_usable_boxes(coco: COCO) -> int:
     """How many annotations become training targets under :func:`convert_coco_annotations`'s
     rules: not crowd, of an image that is listed, and not empty after clamping to the image size
@@ -189,6 +215,12 @@ class CocoDetection(Dataset):
     ``transforms(image, target)`` (PIL image and :func:`convert_coco_annotations` target when
     ``transforms`` is None). Images are ordered by id, as the official dataset.
 
+    ``categories`` numbers the labels: a :class:`Categories` table (a validation set takes the
+    training set's), ``"auto"`` (the file's categories numbered 0..K-1), or a number of classes
+    (labels are the category ids, below it; None: as many as the ids need). Annotations must
+    name categories the file lists (else :class:`AnnotationFileError`); boxes of zero or negative
+    size are skipped with a warning that counts them, as COCO tools do.
+
     An unusable annotation file raises :class:`AnnotationFileError` (see
     :func:`load_coco_annotations`); one without a single usable box (see
     :func:`count_usable_boxes`) is accepted with a warning naming it, as a model learns nothing
@@ -203,6 +235,7 @@ class CocoDetection(Dataset):
         ann_file: PathLike,
         transforms: Optional[Callable] = None,
         skip_corrupt: bool = False,
+        categories: Union[Categories, int, str, None] = None,
     ):
         img_folder, ann_file = os.fspath(img_folder), os.fspath(ann_file)
         if not os.path.isdir(img_folder):
@@ -212,10 +245,16 @@ class CocoDetection(Dataset):
         self.img_folder = img_folder
         self.ann_file = ann_file
         self.coco = load_coco_annotations(ann_file)
-        if count_usable_boxes(self.coco) == 0:
+        if count_usable_boxes(self.coco) == 0:  # (which says all there is to say of its boxes)
             warnings.warn(f"COCO annotation file {ann_file!r}: 0 usable boxes among {len(self.coco.anns)} "
                           f"annotations of {len(self.coco.imgs)} images (crowd, empty and outside-the-image "
                           "boxes are dropped); a model learns nothing from it", RuntimeWarning, stacklevel=2)
+        else:
+            _warn_about_degenerate_boxes(self.coco, ann_file)
+        _check_category_references(self.coco, ann_file)
+        if not isinstance(categories, Categories):
+            categories = Categories.from_coco(self.coco, categories, source=f"COCO annotation file {ann_file!r}")
+        self.categories = categories
         self.ids = sorted(self.coco.imgs.keys())
         self.transforms = transforms
         self.skip_corrupt = skip_corrupt
@@ -227,12 +266,26 @@ class CocoDetection(Dataset):
     def image_path(self, index: int) -> str:
         return os.path.join(self.img_folder, self.coco.imgs[self.ids[index]]["file_name"])
 
+    def missing_images(self) -> list[str]:
+        """The listed images that are not in the image folder."""
+        return [path for path in map(self.image_path, range(len(self))) if not os.path.isfile(path)]
+
+    def categories_without_boxes(self) -> list[str]:
+        """Names of the table's categories that no (non-crowd) annotation of this file uses."""
+        used = {a["category_id"] for a in self.coco.anns.values() if a.get("iscrowd", 0) == 0}
+        return [c.name for c in self.categories if c.id not in used]
+
+    def unknown_categories(self) -> list[str]:
+        """Names of the file's categories that the table (e.g. the training set's) lacks."""
+        return [str(c.get("name", c["id"])) for c in self.coco.dataset.get("categories", [])
+                if not self.categories.has_id(c["id"])]
+
     def load(self, index: int) -> tuple[Image.Image, dict]:
         """The untransformed (image, target) of ``index``."""
         image_id = self.ids[index]
         image = load_image(self.image_path(index))
         annotations = self.coco.imgToAnns.get(image_id, [])
-        return image, convert_coco_annotations(annotations, image_id, image.width, image.height)
+        return image, convert_coco_annotations(annotations, image_id, image.width, image.height, self.categories)
 
     def __getitem__(self, index: int):
         if index < 0:

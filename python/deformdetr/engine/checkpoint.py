@@ -8,7 +8,7 @@ import os
 import random
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from deformdetr._deprecated import moved_names
 
 __all__ = [
     "save_atomic",
+    "copy_atomic",
     "rng_state",
     "restore_rng_state",
     "preserved_rng",
@@ -29,6 +30,19 @@ __getattr__ = moved_names(__name__, {"load_training_checkpoint": "deformdetr.mod
 def save_atomic(obj: Any, path: str) -> None:
     """torch.save to a temporary file in the same folder, flushed to disk, then renamed over
     ``path``: a crash at any moment leaves either the old file or the new one, never half of one."""
+    _write_atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def copy_atomic(source: str, path: str) -> None:
+    """A copy of the file ``source`` at ``path``, written as :func:`save_atomic` writes."""
+    def copy(handle) -> None:
+        with open(source, "rb") as original:
+            shutil.copyfileobj(original, handle, 16 * 2**20)
+
+    _write_atomic(path, copy)
+
+
+def _write_atomic(path: str, write: Callable) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
@@ -36,7 +50,7 @@ def save_atomic(obj: Any, path: str) -> None:
         # mkstemp makes the file private (0600); a checkpoint is as readable as any other output.
         os.chmod(tmp_path, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as tmp:
-            torch.save(obj, tmp)
+            write(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_path, path)

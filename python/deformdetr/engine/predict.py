@@ -8,7 +8,7 @@ import glob
 import json
 import os
 import warnings
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -16,7 +16,8 @@ from tqdm import tqdm
 from deformdetr.engine.visualize import draw_detections
 from deformdetr.models.postprocess import PostProcess
 
-__all__ = ["Predictions", "drawing_names", "predict_images", "image_files", "load_for_prediction"]
+__all__ = ["Predictions", "drawing_names", "predict_images", "image_files", "load_for_prediction",
+           "recorded_categories"]
 
 PREDICTIONS_NAME = "predictions.json"
 SKIPPED_NAME = "skipped.json"
@@ -26,8 +27,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 def load_for_prediction(checkpoint_path: str):
-    """(task, model, class names) of a checkpoint: ours carry their config (and class names);
-    an official one gets its task's default config."""
+    """(task, model, categories) of a checkpoint: ours carry their config and categories; an
+    official one gets its task's default config and categories (COCO's for 91 classes)."""
     from deformdetr.configs import complete
     from deformdetr.engine.tasks import get_task, task_for_family
     from deformdetr.models.checkpoint import family_of, model_from_checkpoint, model_state_of, read_checkpoint
@@ -40,7 +41,22 @@ def load_for_prediction(checkpoint_path: str):
         family = family_of(model_state_of(checkpoint, checkpoint_path), checkpoint_path).name
         cfg = complete({"task": task_for_family(family).name})
     model = model_from_checkpoint(checkpoint, checkpoint_path)
-    return get_task(cfg), model, checkpoint.get("class_names", {})
+    task = get_task(cfg)
+    num_classes = model.config.num_classes
+    return task, model, recorded_categories(checkpoint, num_classes) or task.default_categories(num_classes)
+
+
+def recorded_categories(checkpoint: dict, num_classes):
+    """The categories a checkpoint of ours records ({"label", "id", "name"} entries; earlier
+    versions recorded {label: name}); None for one that records none (an official one)."""
+    from deformdetr.data.categories import Categories
+
+    count = num_classes if isinstance(num_classes, int) else None
+    if checkpoint.get("categories"):
+        return Categories.from_list(checkpoint["categories"], count)
+    if checkpoint.get("class_names"):
+        return Categories.from_label_names(checkpoint["class_names"], count)
+    return None
 
 
 def image_files(inputs: Sequence[str]) -> list[str]:
@@ -101,18 +117,26 @@ def drawing_names(image_paths: Sequence[str], output_dir: str) -> list[str]:
     return names
 
 
-def _detections(result: dict, threshold: float, class_names: Optional[Mapping[int, str]]) -> tuple:
+def _detections(result: dict, threshold: float, categories) -> tuple:
     """(boxes, labels, scores, JSON detections) of one post-processed result, above ``threshold``."""
     keep = result["scores"] >= threshold
     boxes = result["boxes"][keep].cpu().tolist()
     labels = result["labels"][keep].cpu().tolist()
     scores = result["scores"][keep].cpu().tolist()
     detections = [
-        {"label": int(l), "name": (class_names or {}).get(int(l), str(int(l))), "score": float(s),
-         "box_xyxy": [float(v) for v in b]}
+        {"label": int(l), "category_id": _category_id(categories, l), "name": _name(categories, l),
+         "score": float(s), "box_xyxy": [float(v) for v in b]}
         for b, l, s in zip(boxes, labels, scores)
     ]
     return boxes, labels, scores, detections
+
+
+def _category_id(categories, label: int) -> Optional[int]:
+    return int(label) if categories is None else categories.id_of(label)
+
+
+def _name(categories, label: int) -> str:
+    return str(int(label)) if categories is None else categories.name_of(label)
 
 
 def _write_json(path: str, value) -> None:
@@ -122,41 +146,54 @@ def _write_json(path: str, value) -> None:
 
 @torch.no_grad()
 def predict_images(model, image_paths: Sequence[str], output_dir: str, transform, device,
-                   threshold: float = 0.5, class_names: Optional[Mapping[int, str]] = None,
-                   draw: bool = True) -> Predictions:
+                   threshold: float = 0.5, categories=None, draw: bool = True, batch_size: int = 1) -> Predictions:
     """Runs ``model`` on each image (after ``transform``, the evaluation transform); keeps
     detections scoring at least ``threshold``; writes output_dir/predictions.json and, with
     ``draw``, one PNG per image named by :func:`drawing_names` (``<stem>.png``, suffixed ``_1``,
-    ``_2``... where names collide or would overwrite an input image). Returns the JSON records.
+    ``_2``... where names collide or would overwrite an input image). Returns the JSON records,
+    in input order: each detection with the model's ``label``, the data set's ``category_id`` and
+    ``name`` (from ``categories``, a data.categories.Categories; None: labels only).
+
+    ``batch_size`` images of one size (after the transform) run together, so that no image is
+    padded: the results are those of one image at a time.
 
     An image that cannot be read is skipped with a warning naming it; the skipped images are
     listed in output_dir/skipped.json (written only when there are some) and in the result's
     ``skipped``. Only when none of the images can be read is that an error (ValueError)."""
     from deformdetr.data.coco import ImageLoadError, load_image
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     os.makedirs(output_dir, exist_ok=True)
     model.eval().to(device)
     postprocess = PostProcess()
     names = drawing_names(image_paths, output_dir)
-    predictions = Predictions()
-    for path, name in zip(tqdm(image_paths, desc="predict", leave=False), names):
+    records: dict[int, dict] = {}
+    skipped = []
+    pending: dict[tuple, list] = {}  # transformed size -> [(index, image, tensor)]
+
+    def run(group: list) -> None:
+        outputs = model(torch.stack([tensor for _, _, tensor in group]).to(device))
+        sizes = torch.tensor([[image.height, image.width] for _, image, _ in group], device=device)
+        for (index, image, _), result in zip(group, postprocess(outputs, sizes)):
+            records[index] = _record(image_paths[index], image, result, threshold, categories,
+                                     os.path.join(output_dir, names[index]) if draw else None)
+
+    for index, path in enumerate(tqdm(image_paths, desc="predict", leave=False)):
         try:
             image = load_image(path)
         except ImageLoadError as error:
             warnings.warn(f"predict: skipping {error}", RuntimeWarning)
-            predictions.skipped.append({"image": os.path.abspath(path), "error": str(error)})
+            skipped.append({"image": os.path.abspath(path), "error": str(error)})
             continue
         tensor, _ = transform(image, None)
-        outputs = model(tensor.unsqueeze(0).to(device))
-        size = torch.tensor([[image.height, image.width]], device=device)
-        boxes, labels, scores, detections = _detections(postprocess(outputs, size)[0], threshold, class_names)
-        record = {"image": os.path.abspath(path), "width": image.width, "height": image.height,
-                  "detections": detections}
-        if draw:
-            png = os.path.join(output_dir, name)
-            draw_detections(image, boxes, labels, scores, class_names).save(png)
-            record["png"] = png
-        predictions.append(record)
+        group = pending.setdefault(tuple(tensor.shape), [])
+        group.append((index, image, tensor))
+        if len(group) == batch_size:
+            run(pending.pop(tuple(tensor.shape)))
+    for group in pending.values():
+        run(group)
+    predictions = Predictions((records[i] for i in sorted(records)), skipped)
     if image_paths and not predictions:
         reasons = "; ".join(s["error"] for s in predictions.skipped[:3])
         raise ValueError(f"none of the {len(image_paths)} images could be read ({reasons}"
@@ -168,3 +205,14 @@ def predict_images(model, image_paths: Sequence[str], output_dir: str, transform
     elif os.path.exists(skipped_file):
         os.remove(skipped_file)  # an earlier run's list would describe images this run read
     return predictions
+
+
+def _record(path: str, image, result: dict, threshold: float, categories, png: Optional[str]) -> dict:
+    """One image's JSON record; its drawing saved to ``png`` (when given)."""
+    boxes, labels, scores, detections = _detections(result, threshold, categories)
+    record = {"image": os.path.abspath(path), "width": image.width, "height": image.height,
+              "detections": detections}
+    if png is not None:
+        draw_detections(image, boxes, labels, scores, None if categories is None else categories.names()).save(png)
+        record["png"] = png
+    return record

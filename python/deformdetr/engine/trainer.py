@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -19,15 +20,18 @@ from tqdm import tqdm
 
 from deformdetr.configs import complete, parse_device
 from deformdetr.engine import distributed as dist
-from deformdetr.engine.checkpoint import preserved_rng, restore_rng_state, rng_state, save_atomic
+from deformdetr.engine.checkpoint import copy_atomic, preserved_rng, restore_rng_state, rng_state, save_atomic
+from deformdetr.engine.predict import recorded_categories
 from deformdetr.engine.tasks import DEFAULT_TASK, get_task
 from deformdetr.engine.outputs import as_float32
-from deformdetr.models.checkpoint import family_of, load_weights, model_state_of, read_checkpoint
+from deformdetr.models.checkpoint import WeightReport, family_of, load_weights, model_state_of, read_checkpoint
 from deformdetr.models.criterion import is_layer_copy
 
 __all__ = ["resolve_device", "train", "train_one_epoch", "evaluate_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
+BEST_NAME = "checkpoint_best.pth"
+WEIGHTS_REPORT_NAME = "weights.json"
 _SAME_CONFIG = "Use the config (preset and model.* settings) the checkpoint was trained with."
 LOG_NAME = "log.jsonl"
 
@@ -166,10 +170,18 @@ def _restore_optimization(optimizer, scheduler, checkpoint: dict, path: str, sta
             scheduler.step()
 
 
-def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwrite: bool = False) -> dict:
-    """Trains as the config says, evaluating and checkpointing each epoch. ``resume``: a
+def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwrite: bool = False,
+          weights: Optional[str] = None) -> dict:
+    """Trains as the config says, evaluating and checkpointing each epoch; the checkpoint that
+    scores best on the task's headline metric is kept beside the last one. ``resume``: a
     checkpoint to continue from (model, optimizer state, epoch and RNG state; the schedule follows
-    the config). ``overwrite``: start afresh even where the output folder holds a previous run."""
+    the config). ``weights``: a new run that starts from a checkpoint's weights (ours or official;
+    those of another shape, e.g. a head for other classes, keep their initialisation).
+    ``overwrite``: start afresh even where the output folder holds a previous run."""
+    cfg = copy.deepcopy(cfg)  # the task completes it (model.num_classes: auto) for config.json and checkpoints
+    if resume and weights:
+        raise ValueError("--weights starts a new run from a checkpoint's weights and --resume continues a "
+                         "run: give one of them")
     device = resolve_device(cfg["device"])
     dist.init_distributed(device)
     if dist.is_distributed() and device.type == "cuda":
@@ -188,12 +200,14 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
     # Data first, so that its errors come before any model is built or weights are downloaded.
     # (Building the datasets draws no random numbers; preserved_rng keeps it that way.)
     with preserved_rng():
-        train_set, val_set = task.build_datasets()
+        train_set, val_set = task.build_datasets(
+            recorded_categories(checkpoint, cfg["model"]["num_classes"]) if checkpoint is not None else None)
     if len(train_set) < batch_size * dist.world_size():
         raise ValueError(f"the training split has {len(train_set)} samples, fewer than one batch "
                          f"(train.batch_size={batch_size} x {dist.world_size()} processes): no step "
                          f"would be taken")
-    model, criterion = task.build_model(load_pretrained=checkpoint is None)
+    model, criterion = task.build_model(load_pretrained=checkpoint is None and weights is None)
+    report = _load_start_weights(model, weights, task) if weights else None
     model.to(device)
     optimizer = task.build_optimizer(model)
     scheduler = task.build_scheduler(optimizer)
@@ -207,13 +221,16 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
         _start_log(output_dir, resumed=checkpoint is not None)
         with open(os.path.join(output_dir, "config.json"), "w") as handle:
             json.dump(cfg, handle, indent=2)
+        if report is not None:
+            _write_weights_report(output_dir, weights, report)
     model_ddp = model
     if dist.is_distributed():
         model_ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and train_cfg["amp"] == "fp16" else None
 
-    class_names = task.class_names(val_set)
+    categories = task.categories(train_set)
+    best = _Best(task.headline, checkpoint.get("best") if checkpoint is not None else None)
     started = time.time()
     last_eval: dict = {}
     epochs = train_cfg["epochs"]
@@ -234,23 +251,31 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
         last = epoch == epochs - 1 or out_of_time
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - epoch_start,
                   **{f"train_{k}": v for k, v in stats.items()}}
+        improved = False
         if (epoch + 1) % train_cfg["eval_every"] == 0 or last:
             with preserved_rng():
                 val_loader = _loader(val_set, task.collate_fn, batch_size, False, workers, train_cfg["seed"], epoch)
                 last_eval = task.evaluate(model_ddp, val_loader, val_set, device,
                                           lambda: _autocast(device, train_cfg["amp"]))
             record.update({f"test_{k}": v for k, v in last_eval.items()})
+            improved = best.update(last_eval, epoch)
         # Saved after all of the epoch's randomness: a resume restores what the next epoch starts from.
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(),
-                 "config": cfg, "args": dict(vars(model.config)), "class_names": class_names}
+                 "config": cfg, "args": dict(vars(model.config)), "categories": categories.to_list(),
+                 "best": best.record}
         if dist.is_main_process():
             save_atomic(state, os.path.join(output_dir, CHECKPOINT_NAME))
+            if improved:
+                copy_atomic(os.path.join(output_dir, CHECKPOINT_NAME), os.path.join(output_dir, BEST_NAME))
+                record["best_epoch"] = epoch
             _write_log(output_dir, record)
             if progress:
                 summary = f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f}"
                 if any(k.startswith("test_") for k in record):  # tasks list their headline metrics first
                     summary += ", " + ", ".join(f"{k} {v:.3f}" for k, v in list(last_eval.items())[:2])
+                if improved:
+                    summary += f"; best {task.headline} so far -> {BEST_NAME}"
                 print(summary, flush=True)
         if out_of_time:
             break
@@ -259,7 +284,48 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
 
         plot_log(os.path.join(output_dir, LOG_NAME), os.path.join(output_dir, "curves.png"), task.plot_panel)
     dist.barrier()
-    return {"eval": last_eval, "minutes": (time.time() - started) / 60, "output_dir": output_dir}
+    return {"eval": last_eval, "minutes": (time.time() - started) / 60, "output_dir": output_dir,
+            "best": best.record}
+
+
+class _Best:
+    """The best value of the headline metric so far, and its epoch ({"metric", "value", "epoch"},
+    saved in checkpoints so that a resumed run keeps comparing against it)."""
+
+    def __init__(self, metric: str, record: Optional[dict]):
+        self.metric = metric
+        self.record = record if record and record.get("metric") == metric else None
+
+    def update(self, metrics: dict, epoch: int) -> bool:
+        """Whether ``metrics`` (of ``epoch``) beat the best so far; they become the best if so."""
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.record is not None and value <= self.record["value"]:
+            return False
+        self.record = {"metric": self.metric, "value": float(value), "epoch": epoch}
+        return True
+
+
+def _load_start_weights(model, source: str, task) -> WeightReport:
+    """A checkpoint's weights into a new model, those that fit; the rest keep their
+    initialisation. Said in one line; the full report goes to the output folder."""
+    checkpoint = read_checkpoint(source)
+    state = model_state_of(checkpoint, source)
+    family = family_of(state, source).name
+    if family != task.family:
+        raise ValueError(f"--weights {source!r} holds a {family} model; a {task.name} config trains "
+                         f"{task.family} models")
+    report = load_weights(model, state, source, strict=False, warn=False)
+    if dist.is_main_process():
+        print(f"weights from {source}: {report.summary()} (all listed in {WEIGHTS_REPORT_NAME})", file=sys.stderr)
+    return report
+
+
+def _write_weights_report(output_dir: str, source: str, report: WeightReport) -> None:
+    with open(os.path.join(output_dir, WEIGHTS_REPORT_NAME), "w") as handle:
+        json.dump({"source": os.path.abspath(source), "loaded": report.loaded, "reinitialised": report.reinitialised,
+                   "resized": report.resized, "unused": report.unused}, handle, indent=1)
 
 
 def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[str] = None) -> dict:
@@ -275,10 +341,10 @@ def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[s
     if family != task.family:
         raise ValueError(f"{checkpoint_path!r} holds a {family} model, not a {task.family} one: evaluate it "
                          f"with a config of the task for {family} models")
+    val_set = task.build_eval_dataset(recorded_categories(state, cfg["model"]["num_classes"]))
     model, _ = task.build_model(load_pretrained=False)
     load_weights(model, weights, checkpoint_path, hint=_SAME_CONFIG)
     model.to(device)
-    _, val_set = task.build_datasets()
     loader = _loader(val_set, task.collate_fn, cfg["train"]["batch_size"], False, cfg["data"]["num_workers"], 0, 0)
     return task.evaluate(model, loader, val_set, device, lambda: _autocast(device, cfg["train"]["amp"]), results_dir)
 

@@ -140,11 +140,11 @@ class WeightReport:
 
 
 def load_weights(model: nn.Module, state: dict, path: str, strict: bool = True,
-                 hint: str = "") -> WeightReport:
+                 hint: str = "", warn: bool = True) -> WeightReport:
     """Loads ``state`` into ``model``. ``strict``: every weight must fit, else a CheckpointError
     names a few of each kind of mismatch (not torch's hundreds of lines) and ``hint`` says what to
     do. Otherwise weights that are missing or of another shape (a head for other classes) keep
-    their initialisation, with a warning naming them. Returns the :class:`WeightReport`."""
+    their initialisation, with a warning naming them (``warn``). Returns the :class:`WeightReport`."""
     missing, unexpected, resized = state_dict_mismatches(model, state)
     own = model.state_dict()
     report = WeightReport(
@@ -160,7 +160,7 @@ def load_weights(model: nn.Module, state: dict, path: str, strict: bool = True,
         raise CheckpointError(f"the weights in {path!r} do not fit the model: {'; '.join(parts)}"
                               + (f". {hint}" if hint else ""))
     model.load_state_dict({k: v for k, v in state.items() if k not in resized}, strict=False)
-    if not report.complete:
+    if warn and not report.complete:
         warnings.warn(f"{path}: {len(report.reinitialised)} weights keep their initialisation (missing or "
                       f"of another shape, e.g. {', '.join(report.reinitialised[:4])}); "
                       f"{len(report.unused)} entries of the file are unused", stacklevel=2)

@@ -55,9 +55,14 @@ class Task:
         weights, when configured (not when weights come from a checkpoint)."""
         raise NotImplementedError
 
-    def build_datasets(self):
-        """(train set, val set), checked against the model's settings."""
+    def build_datasets(self, categories=None):
+        """(train set, val set), checked against the model's settings; ``categories`` (a
+        data.categories.Categories, e.g. a checkpoint's) numbers the classes instead of the data."""
         raise NotImplementedError
+
+    def build_eval_dataset(self, categories=None):
+        """The validation set (``deformdetr eval``); subclasses may spare building the training set."""
+        return self.build_datasets(categories)[1]
 
     def build_optimizer(self, model) -> torch.optim.Optimizer:
         raise NotImplementedError
@@ -88,12 +93,18 @@ class Task:
         """One line of the metrics a person reads first."""
         raise NotImplementedError
 
-    def class_names(self, dataset) -> dict:
-        """{label: name} of the classes the model predicts."""
+    def categories(self, dataset):
+        """The classes the model predicts (data.categories.Categories), as ``dataset`` numbers them."""
         raise NotImplementedError
 
-    def predict_images(self, model, image_paths, output_dir: str, device, threshold: float,
-                       class_names: dict):
+    def default_categories(self, num_classes: int):
+        """The classes of a checkpoint that records none (an official one)."""
+        from deformdetr.data.categories import Categories
+
+        return Categories.from_label_names({}, num_classes)
+
+    def predict_images(self, model, image_paths, output_dir: str, device, threshold: float, categories,
+                       batch_size: int = 1):
         """Predictions on image files, written into ``output_dir`` (``deformdetr predict``)."""
         raise ValueError(f"`deformdetr predict` does not handle {self.name} models yet")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -14,7 +15,7 @@ from deformdetr.engine.outputs import as_float32
 from deformdetr.engine.tasks import register_task
 from deformdetr.engine.tasks.base import Task, to_device
 
-__all__ = ["DetectionTask", "transform_settings", "parameter_groups"]
+__all__ = ["DetectionTask", "transform_settings", "parameter_groups", "COCO_RESULTS_NAME"]
 
 #: The COCO-format results file ``eval --results-dir`` writes.
 COCO_RESULTS_NAME = "coco_detections.json"
@@ -85,19 +86,44 @@ class DetectionTask(Task):
         )
         return model, criterion
 
-    def build_datasets(self):
-        """(train, val); a synthetic set is generated into data.root on first use."""
-        from deformdetr.data import build_coco, generate_synthetic_coco
+    def build_datasets(self, categories=None):
+        """(train, val). A synthetic set is generated into data.root on first use. The training
+        annotations give the categories (``model.num_classes: auto`` is resolved here), unless
+        ``categories`` (a checkpoint's) are given; the validation set takes the same."""
+        self._generate_synthetic_set()
+        model = self.cfg["model"]
+        train = self._split("train", categories or model["num_classes"])
+        val = self._split("val", train.categories)
+        _warn_about_categories(train, val)
+        if model["num_classes"] == "auto":  # what the model is built with, and config.json records
+            model["num_classes"] = train.categories.num_classes
+        return train, val
 
-        data = self.cfg["data"]
-        if data["dataset"] == "synthetic":
+    def build_eval_dataset(self, categories=None):
+        """The validation set alone where the categories need no training set: given (a
+        checkpoint's), or the category ids themselves (a number of classes)."""
+        if categories is None and self.cfg["model"]["num_classes"] == "auto":
+            return self.build_datasets()[1]
+        self._generate_synthetic_set()
+        return self._split("val", categories or self.cfg["model"]["num_classes"])
+
+    def _generate_synthetic_set(self) -> None:
+        from deformdetr.data import generate_synthetic_coco
+
+        if self.cfg["data"]["dataset"] == "synthetic":
             self.generate_synthetic_once(os.path.join("annotations", "instances_val2017.json"),
                                          generate_synthetic_coco)
-        datasets = tuple(build_coco(data["root"], split, skip_corrupt=data["skip_corrupt"], **transform_settings(data))
-                         for split in ("train", "val"))
-        for dataset in datasets:
-            _check_categories(dataset, self.cfg["model"]["num_classes"])
-        return datasets
+
+    def _split(self, split: str, categories):
+        """A split where data.<split>_images / _annotations say, else under data.root."""
+        from deformdetr.data import build_coco
+
+        data = self.cfg["data"]
+        dataset = build_coco(data["root"], split, skip_corrupt=data["skip_corrupt"], categories=categories,
+                             images=data[f"{split}_images"], annotations=data[f"{split}_annotations"],
+                             **transform_settings(data))
+        _check_images(dataset, data["skip_corrupt"])
+        return dataset
 
     def build_optimizer(self, model) -> torch.optim.Optimizer:
         """The official AdamW (or SGD) over :func:`parameter_groups`."""
@@ -121,6 +147,7 @@ class DetectionTask(Task):
         return (images.to(device, non_blocking=True), mask.to(device, non_blocking=True)), to_device(targets, device)
 
     def predict_batch(self, model, batch, device, autocast: Callable) -> dict:
+        """Each image's detections as COCO result entries, labels in category_id (see score)."""
         from deformdetr.eval.coco import coco_detections
         from deformdetr.models.postprocess import PostProcess
 
@@ -132,10 +159,11 @@ class DetectionTask(Task):
         return {int(t["image_id"]): coco_detections(int(t["image_id"]), r) for t, r in zip(targets, results)}
 
     def score(self, predictions: dict, dataset, results_dir: Optional[str] = None) -> dict:
-        """COCO box AP; ``results_dir`` receives the detections as a COCO results file."""
-        from deformdetr.eval.coco import evaluate_coco
+        """COCO box AP, and AP/AP50 per category; ``results_dir`` receives the detections as a
+        COCO results file, with the data set's category ids."""
+        from deformdetr.eval.coco import evaluate_coco, with_category_ids
 
-        detections = [d for image in predictions.values() for d in image]
+        detections = with_category_ids((d for image in predictions.values() for d in image), dataset.categories)
         if results_dir:
             os.makedirs(results_dir, exist_ok=True)
             with open(os.path.join(results_dir, COCO_RESULTS_NAME), "w") as handle:
@@ -143,30 +171,65 @@ class DetectionTask(Task):
         return evaluate_coco(dataset.coco, detections, predictions.keys())
 
     def format_metrics(self, metrics: dict) -> str:
-        return "COCO box " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("AP"))
+        """The summary line, then the per-category table."""
+        lines = ["COCO box " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("AP"))]
+        per_class = metrics.get("per_class") or {}
+        if per_class:
+            labels = {name: f"{name} ({row['id']})" for name, row in per_class.items()}
+            header = "category (id)"
+            width = max(len(header), *(len(label) for label in labels.values()))
+            lines.append(f"{header:<{width}}  {'AP':>6}  {'AP50':>6}")
+            lines += [f"{labels[name]:<{width}}  {_number(row['AP'])}  {_number(row['AP50'])}"
+                      for name, row in per_class.items()]
+        return "\n".join(lines)
 
-    def class_names(self, dataset) -> dict:
-        coco = getattr(dataset, "coco", None)
-        if coco is None:
-            return {}
-        return {int(c["id"]): c["name"] for c in coco.loadCats(coco.getCatIds())}
+    def categories(self, dataset):
+        return dataset.categories
 
-    def predict_images(self, model, image_paths, output_dir: str, device, threshold: float, class_names: dict):
+    def default_categories(self, num_classes: int):
+        """Official checkpoints of 91 classes predict COCO's categories, indexed by their ids."""
+        from deformdetr.data.categories import coco_categories
+
+        return coco_categories(num_classes) if num_classes > max(coco_categories().ids) else \
+            super().default_categories(num_classes)
+
+    def predict_images(self, model, image_paths, output_dir: str, device, threshold: float, categories,
+                       batch_size: int = 1):
         """Detections on image files (engine.predict.predict_images) with this config's evaluation
         transform."""
         from deformdetr.data.transforms import make_coco_transforms
         from deformdetr.engine.predict import predict_images
 
         transform = make_coco_transforms("val", **transform_settings(self.cfg["data"]))
-        return predict_images(model, image_paths, output_dir, transform, device, threshold, class_names)
+        return predict_images(model, image_paths, output_dir, transform, device, threshold, categories,
+                              batch_size=batch_size)
 
 
-def _check_categories(dataset, num_classes: int) -> None:
-    """Category ids index the classifier's outputs: one beyond them would only fail mid-epoch,
-    in the matcher."""
-    ids = [a["category_id"] for a in dataset.coco.anns.values()]
-    if ids and (max(ids) >= num_classes or min(ids) < 0):
-        bad = max(ids) if max(ids) >= num_classes else min(ids)
-        raise ValueError(f"{dataset.ann_file}: category id {bad} does not fit model.num_classes="
-                         f"{num_classes} (ids must lie in 0..num_classes-1; the official COCO setting "
-                         f"is 91 for ids up to 90)")
+def _number(value) -> str:
+    return f"{value:6.3f}" if value is not None else f"{'-':>6}"
+
+
+def _check_images(dataset, skip_corrupt: bool) -> None:
+    """Images the annotations list but the folder lacks: an error naming them (a warning with
+    data.skip_corrupt, which skips them when they come up)."""
+    missing = dataset.missing_images()
+    if not missing:
+        return
+    names = ", ".join(os.path.basename(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    message = (f"{dataset.ann_file} lists {len(missing)} images that are not in {dataset.img_folder} "
+               f"({names})")
+    if not skip_corrupt:
+        raise FileNotFoundError(f"{message}; set data.skip_corrupt=true to train without them")
+    warnings.warn(f"{message}: they are skipped", RuntimeWarning)
+
+
+def _warn_about_categories(train, val) -> None:
+    empty = train.categories_without_boxes()
+    if empty:
+        warnings.warn(f"{train.ann_file}: {len(empty)} categories have no boxes to learn from "
+                      f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''})", RuntimeWarning)
+    unknown = val.unknown_categories()
+    if unknown:
+        warnings.warn(f"{val.ann_file}: {len(unknown)} categories are not among the training set's and cannot "
+                      f"be detected ({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}); their "
+                      f"boxes are left out of the validation targets", RuntimeWarning)

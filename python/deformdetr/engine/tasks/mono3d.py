@@ -56,7 +56,7 @@ class Mono3DTask(Task):
         )
         return model, criterion
 
-    def build_datasets(self):
+    def build_datasets(self, categories=None):
         """(train, val); a synthetic set is generated into data.root on first use."""
         from deformdetr.data import KittiMono3D, generate_synthetic_kitti
 
@@ -126,7 +126,12 @@ class Mono3DTask(Task):
         return "KITTI AP|R40 moderate " + ", ".join(f"{k.removesuffix('_moderate_R40')} {v:.2f}"
                                                     for k, v in shown.items())
 
-    def class_names(self, dataset) -> dict:
-        from deformdetr.data.kitti_dataset import KITTI_CLASS_NAMES
+    def categories(self, dataset):
+        return self.default_categories(self.cfg["model"]["num_classes"])
 
-        return dict(enumerate(KITTI_CLASS_NAMES))
+    def default_categories(self, num_classes: int):
+        """KITTI's classes in the official training order (data.kitti.KITTI_CLASS_NAMES)."""
+        from deformdetr.data.categories import Categories
+        from deformdetr.data.kitti import KITTI_CLASS_NAMES
+
+        return Categories.from_label_names(dict(enumerate(KITTI_CLASS_NAMES[:num_classes])), num_classes)
