@@ -161,10 +161,11 @@ class SyntheticKitti:
     @property
     def dataset_kwargs(self) -> dict:
         """``resolution`` the image size rounded up to multiples of 32 (W, H), ``height_scale``
-        so KITTI's 25 / 40 px difficulty thresholds scale with the image height."""
+        so KITTI's 25 / 40 px difficulty thresholds scale with the image height, ``writelist``
+        the classes it draws."""
         height, width = self.image_size
         return {"resolution": (-(-width // 32) * 32, -(-height // 32) * 32),
-                "height_scale": height / KITTI_IMAGE_SIZE[0]}
+                "height_scale": height / KITTI_IMAGE_SIZE[0], "writelist": _CLASS_ORDER}
 
 
 def generate_synthetic_kitti(root: Union[str, os.PathLike], num_train: int = 200, num_val: int = 50,
