@@ -27,7 +27,7 @@ from deformdetr.engine.outputs import as_float32
 from deformdetr.models.checkpoint import WeightReport, family_of, load_weights, model_state_of, read_checkpoint
 from deformdetr.models.criterion import is_layer_copy
 
-__all__ = ["resolve_device", "train", "train_one_epoch", "evaluate_checkpoint"]
+__all__ = ["resolve_device", "train", "train_one_epoch", "accumulate_gradients", "evaluate_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
 BEST_NAME = "checkpoint_best.pth"
@@ -76,29 +76,20 @@ def _autocast(device: torch.device, amp: str):
 
 
 def train_one_epoch(task, model, criterion, loader, optimizer, device, epoch: int, clip_max_norm: float,
-                    amp: str = "off", scaler=None) -> dict:
+                    amp: str = "off", scaler=None, accumulate_steps: int = 1) -> dict:
+    """One pass over ``loader``; the optimizer steps once per ``accumulate_steps`` batches, on
+    the gradients of their union (see :func:`accumulate_gradients`)."""
     model.train()
     criterion.train()
     totals: dict[str, float] = {}
     count = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main_process(), leave=False,
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not dist.is_main_process(), leave=False,
                dynamic_ncols=True, file=sys.stderr)
-    for batch in bar:
-        inputs, targets = task.split_batch(batch, device)
-        with _autocast(device, amp):
-            outputs = model(*inputs)
-        outputs = as_float32(outputs)
-        losses = criterion(outputs, targets)
-        loss = criterion.total(losses)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}: training diverged "
-                                     f"(losses: { {k: float(v) for k, v in losses.items()} })")
+    for batches in _groups(loader, accumulate_steps):
         optimizer.zero_grad(set_to_none=True)
+        loss, losses = accumulate_gradients(task, model, criterion, batches, device, amp, scaler, epoch)
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-        else:
-            loss.backward()
         if clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
         if scaler is not None:
@@ -107,12 +98,55 @@ def train_one_epoch(task, model, criterion, loader, optimizer, device, epoch: in
         else:
             optimizer.step()
         count += 1
-        totals["loss"] = totals.get("loss", 0.0) + loss.item()
-        for key in losses:
+        totals["loss"] = totals.get("loss", 0.0) + loss
+        for key, value in losses.items():
             if not is_layer_copy(key):  # loss_ce_0, loss_ce_enc: the final layer's suffice
-                totals[key] = totals.get(key, 0.0) + float(losses[key].detach())
+                totals[key] = totals.get(key, 0.0) + value
+        bar.update(len(batches))
         bar.set_postfix(loss=f"{totals['loss'] / count:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+    bar.close()
     return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def _groups(loader, size: int):
+    """The loader's batches in lists of ``size`` (the last one maybe shorter)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def accumulate_gradients(task, model, criterion, batches: list, device, amp: str = "off", scaler=None,
+                         epoch: int = 0) -> tuple[float, dict]:
+    """Backward of the loss of ``batches`` taken as one batch, a part at a time: each part's
+    losses are normalised by the whole's target boxes (and its share of the images, for losses
+    that are batch means), so their gradients add up to the whole's. Returns the whole's loss and
+    its terms (detached), summed over the parts."""
+    parts = [task.split_batch(batch, device) for batch in batches]
+    every_target = [t for _, targets in parts for t in targets]
+    num_boxes = criterion.num_boxes(every_target, device, multiplier=criterion.matches_per_target())
+    total_images = len(every_target)
+    loss_sum, terms = 0.0, {}
+    for index, (inputs, targets) in enumerate(parts):
+        # Distributed: gradients are averaged across processes once, after the last part.
+        sync = nullcontext() if index == len(parts) - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with _autocast(device, amp):
+                outputs = model(*inputs)
+            losses = criterion(as_float32(outputs), targets, num_boxes=num_boxes, share=len(targets) / total_images)
+            loss = criterion.total(losses)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}: training diverged "
+                                         f"(losses: { {k: float(v) for k, v in losses.items()} })")
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss_sum += loss.item()
+        for key, value in losses.items():
+            terms[key] = terms.get(key, 0.0) + float(value.detach())
+    return loss_sum, terms
 
 
 def _write_log(output_dir: str, record: dict) -> None:
@@ -244,7 +278,7 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
         epoch_start = time.time()
         loader = _loader(train_set, task.collate_fn, batch_size, True, workers, train_cfg["seed"], epoch)
         stats = train_one_epoch(task, model_ddp, criterion, loader, optimizer, device, epoch,
-                                train_cfg["clip_max_norm"], train_cfg["amp"], scaler)
+                                train_cfg["clip_max_norm"], train_cfg["amp"], scaler, train_cfg["accumulate_steps"])
         scheduler.step()
         out_of_time = (train_cfg["max_minutes"] is not None
                        and (time.time() - started) / 60 >= train_cfg["max_minutes"])

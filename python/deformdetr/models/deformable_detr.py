@@ -154,6 +154,7 @@ class DeformableDETRConfig:
     aux_loss: bool = True
     lr_backbone: float = 2e-5  # > 0 trains layer2..layer4 of the backbone, as officially
     backbone_from_scratch: bool = False  # not official: train all of the ResNet, with batch norm
+    checkpoint_activations: bool = False  # recompute transformer layers in the backward (memory)
 
 
 #: The five official variants (the official configs/*.sh), as overrides of the defaults.
@@ -172,6 +173,7 @@ def build_deformable_detr(config: DeformableDETRConfig) -> DeformableDETR:
     transformer = DeformableTransformer(
         **detector.transformer_arguments(config), two_stage=config.two_stage, two_stage_num_proposals=config.num_queries
     )
+    transformer.set_activation_checkpointing(config.checkpoint_activations)
     model = DeformableDETR(backbone, transformer, **detector.config_values(
         config, "num_classes", "num_queries", "num_feature_levels", "aux_loss", "with_box_refine", "two_stage"))
     model.config = config

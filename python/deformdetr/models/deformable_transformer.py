@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from deformdetr.ops import MSDeformAttn
@@ -44,6 +45,15 @@ def _activation(name: str):
 
 def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
     return x if pos is None else x + pos
+
+
+def _run_layer(layer: nn.Module, recompute: bool, *args, **kwargs):
+    """``layer(*args, **kwargs)``; with ``recompute`` (training with activation checkpointing), its
+    activations are not kept but recomputed in the backward (same values: the RNG state of
+    dropout is replayed)."""
+    if recompute and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False, **kwargs)
+    return layer(*args, **kwargs)
 
 
 def _ratios_for(valid_ratios: Tensor, reference_dims: int) -> Tensor:
@@ -110,6 +120,7 @@ class DeformableTransformerEncoder(nn.Module):
         super().__init__()
         self.layers = _clones(encoder_layer, num_layers)
         self.num_layers = num_layers
+        self.checkpoint_activations = False
 
     @staticmethod
     def get_reference_points(spatial_shapes, valid_ratios: Tensor, device) -> Tensor:
@@ -134,7 +145,8 @@ class DeformableTransformerEncoder(nn.Module):
         reference_points = self.get_reference_points(shapes, valid_ratios, device=src.device)
         output = src
         for layer in self.layers:
-            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            output = _run_layer(layer, self.checkpoint_activations, output, pos, reference_points, spatial_shapes,
+                                level_start_index, padding_mask)
         return output
 
 
@@ -171,6 +183,7 @@ class DeformableTransformerDecoder(nn.Module):
         super().__init__()
         self.layers = _clones(decoder_layer, num_layers)
         self.num_layers = num_layers
+        self.checkpoint_activations = False
         self.return_intermediate = return_intermediate
         self.bbox_embed = None
         self.class_embed = None
@@ -185,8 +198,8 @@ class DeformableTransformerDecoder(nn.Module):
         for lid, layer in enumerate(self.layers):
             scale = _ratios_for(src_valid_ratios, reference_points.shape[-1])
             reference_points_input = reference_points[:, :, None] * scale[:, None]
-            output = layer(output, query_pos, reference_points_input, src, src_spatial_shapes,
-                           src_level_start_index, src_padding_mask, **layer_inputs)
+            output = _run_layer(layer, self.checkpoint_activations, output, query_pos, reference_points_input,
+                                src, src_spatial_shapes, src_level_start_index, src_padding_mask, **layer_inputs)
             if self.bbox_embed is not None:
                 reference_points = self._refine(self.bbox_embed[lid](output), reference_points)
             per_layer.append((output, reference_points, *self.layer_extras(lid, output)))
@@ -254,6 +267,11 @@ class DeformableTransformer(nn.Module):
             nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
             nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each encoder and decoder layer in the backward instead of keeping its
+        activations: less memory in training, the same gradients, some more time."""
+        self.encoder.checkpoint_activations = self.decoder.checkpoint_activations = bool(enabled)
 
     def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
         """Sine embedding of proposal boxes (logits): (N, K, 4) -> (N, K, 2 * d_model). The
