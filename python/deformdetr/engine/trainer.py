@@ -397,16 +397,20 @@ class _Best:
 def _load_start_weights(model, source: str, task) -> WeightReport:
     """A checkpoint's weights into a new model, those that fit; the rest keep their
     initialisation. Said in one line; the full report goes to the output folder."""
-    checkpoint = read_checkpoint(source)
-    state = model_state_of(checkpoint, source)
-    family = family_of(state, source).name
-    if family != task.family:
-        raise ValueError(f"--weights {source!r} holds a {family} model; a {task.name} config trains "
-                         f"{task.family} models")
+    state = _weights_for(task, read_checkpoint(source), source)
     report = load_weights(model, state, source, strict=False, warn=False)
     if dist.is_main_process():
         print(f"weights from {source}: {report.summary()} (all listed in {WEIGHTS_REPORT_NAME})", file=sys.stderr)
     return report
+
+
+def _weights_for(task, checkpoint: dict, path: str) -> dict:
+    """The model weights of a checkpoint, which must be of the task's model family."""
+    state = model_state_of(checkpoint, path)
+    family = family_of(state, path).name
+    if family != task.family:
+        raise ValueError(f"{path!r} holds a {family} model; a {task.name} config uses {task.family} models")
+    return state
 
 
 def _write_weights_report(output_dir: str, source: str, report: WeightReport) -> None:
@@ -423,11 +427,7 @@ def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[s
     state = read_checkpoint(checkpoint_path)
     cfg = _with_model_of_checkpoint(cfg, state, checkpoint_path)
     task = get_task(cfg)
-    weights = model_state_of(state, checkpoint_path)
-    family = family_of(weights, checkpoint_path).name
-    if family != task.family:
-        raise ValueError(f"{checkpoint_path!r} holds a {family} model, not a {task.family} one: evaluate it "
-                         f"with a config of the task for {family} models")
+    weights = _weights_for(task, state, checkpoint_path)
     val_set = task.build_eval_dataset(recorded_categories(state, cfg["model"]["num_classes"]))
     model, _ = task.build_model(load_pretrained=False)
     load_weights(model, weights, checkpoint_path, hint=_SAME_CONFIG)
