@@ -195,3 +195,15 @@ def test_what_one_process_of_a_distributed_run_says_is_said_once(tmp_path, monke
     assert main(["train", "--output-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == ["COCO box AP 0.500, AP50 0.700", "outputs in out (1.0 min)"]
+
+
+def test_bench_model_times_the_model_and_accounts_for_its_parts(capsys):
+    assert main(["bench", "model", "--size", "64x96", "--variant", "single_scale", "--repeat", "1",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| inference |" in out and "| training step |" in out
+    assert main(["bench", "model", "--size", "64x96", "--repeat", "1", "--threads", "1", "--parts"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"backbone", "input projections", "encoder", "decoder", "heads"} <= set(rows)
+    assert all("nan" not in rows[part] for part in ("backbone", "input projections", "encoder", "decoder", "heads"))

@@ -28,6 +28,8 @@ def _info(args) -> int:
 def _bench(args) -> int:
     if args.what == "attention":
         from deformdetr.bench.ms_deform_attn import main as bench_main
+    elif args.what == "model":
+        from deformdetr.bench.model import main as bench_main
     else:
         from deformdetr.bench.matcher import main as bench_main
     bench_main(args.rest)
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare the speed of the native core with reference implementations",
         description="Extra arguments go to the benchmark, e.g. `deformdetr bench attention --batch 2`.",
     )
-    bench.add_argument("what", nargs="?", default="attention", choices=["attention", "matcher"])
+    bench.add_argument("what", nargs="?", default="attention", choices=["attention", "matcher", "model"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
     return parser
