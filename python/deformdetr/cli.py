@@ -125,7 +125,7 @@ def _predict(args) -> int:
 
     task, model, categories = load_for_prediction(args.checkpoint)
     records = task.predict_images(model, image_files(args.images), args.output_dir, resolve_device(args.device),
-                                  args.threshold, categories, batch_size=args.batch_size)
+                                  args.threshold, categories, batch_size=args.batch_size, compile=args.compile)
     found = sum(len(r["detections"]) for r in records)
     print(f"{found} detections in {len(records)} images -> {os.path.join(args.output_dir, PREDICTIONS_NAME)}")
     if records.skipped:
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=positive_int, default=1,
                          help="images run together (those of one size; results as one at a time)")
+    predict.add_argument("--compile", action="store_true",
+                         help="torch.compile the model (pays off over many images)")
     predict.set_defaults(run=_predict)
 
     demo = commands.add_parser("demo", help="synthetic data -> train on CPU -> evaluate -> pictures")

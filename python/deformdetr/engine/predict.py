@@ -146,7 +146,8 @@ def _write_json(path: str, value) -> None:
 
 @torch.no_grad()
 def predict_images(model, image_paths: Sequence[str], output_dir: str, transform, device,
-                   threshold: float = 0.5, categories=None, draw: bool = True, batch_size: int = 1) -> Predictions:
+                   threshold: float = 0.5, categories=None, draw: bool = True, batch_size: int = 1,
+                   compile: bool = False) -> Predictions:
     """Runs ``model`` on each image (after ``transform``, the evaluation transform); keeps
     detections scoring at least ``threshold``; writes output_dir/predictions.json and, with
     ``draw``, one PNG per image named by :func:`drawing_names` (``<stem>.png``, suffixed ``_1``,
@@ -155,7 +156,8 @@ def predict_images(model, image_paths: Sequence[str], output_dir: str, transform
     ``name`` (from ``categories``, a data.categories.Categories; None: labels only).
 
     ``batch_size`` images of one size (after the transform) run together, so that no image is
-    padded: the results are those of one image at a time.
+    padded: the results are those of one image at a time. ``compile``: through torch.compile
+    (worth it for many images: the first ones of each size wait for compilation).
 
     An image that cannot be read is skipped with a warning naming it; the skipped images are
     listed in output_dir/skipped.json (written only when there are some) and in the result's
@@ -166,6 +168,7 @@ def predict_images(model, image_paths: Sequence[str], output_dir: str, transform
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     os.makedirs(output_dir, exist_ok=True)
     model.eval().to(device)
+    runner = torch.compile(model) if compile else model
     postprocess = PostProcess()
     names = drawing_names(image_paths, output_dir)
     records: dict[int, dict] = {}
@@ -173,7 +176,7 @@ def predict_images(model, image_paths: Sequence[str], output_dir: str, transform
     pending: dict[tuple, list] = {}  # transformed size -> [(index, image, tensor)]
 
     def run(group: list) -> None:
-        outputs = model(torch.stack([tensor for _, _, tensor in group]).to(device))
+        outputs = runner(torch.stack([tensor for _, _, tensor in group]).to(device))
         sizes = torch.tensor([[image.height, image.width] for _, image, _ in group], device=device)
         for (index, image, _), result in zip(group, postprocess(outputs, sizes)):
             records[index] = _record(image_paths[index], image, result, threshold, categories,

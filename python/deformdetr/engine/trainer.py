@@ -255,6 +255,9 @@ class Trainer:
             _restore_optimization(self.optimizer, self.scheduler, checkpoint, resume, self.start_epoch)
         self._start_outputs(resumed=checkpoint is not None, weights=weights, report=report)
         self.model_ddp = self._distributed(self.model)
+        if self.train_cfg["compile"]:
+            # The module trained and evaluated; checkpoints take the plain model's weights.
+            self.model_ddp = torch.compile(self.model_ddp)
         fp16 = self.device.type == "cuda" and self.train_cfg["amp"] == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.categories = self.task.categories(self.train_set)

@@ -104,7 +104,7 @@ class Task:
         return Categories.from_label_names({}, num_classes)
 
     def predict_images(self, model, image_paths, output_dir: str, device, threshold: float, categories,
-                       batch_size: int = 1):
+                       batch_size: int = 1, compile: bool = False):
         """Predictions on image files, written into ``output_dir`` (``deformdetr predict``)."""
         raise ValueError(f"`deformdetr predict` does not handle {self.name} models yet")
 

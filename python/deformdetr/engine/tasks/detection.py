@@ -194,7 +194,7 @@ class DetectionTask(Task):
             super().default_categories(num_classes)
 
     def predict_images(self, model, image_paths, output_dir: str, device, threshold: float, categories,
-                       batch_size: int = 1):
+                       batch_size: int = 1, compile: bool = False):
         """Detections on image files (engine.predict.predict_images) with this config's evaluation
         transform."""
         from deformdetr.data.transforms import make_coco_transforms
@@ -202,7 +202,7 @@ class DetectionTask(Task):
 
         transform = make_coco_transforms("val", **transform_settings(self.cfg["data"]))
         return predict_images(model, image_paths, output_dir, transform, device, threshold, categories,
-                              batch_size=batch_size)
+                              batch_size=batch_size, compile=compile)
 
 
 def _number(value) -> str:
