@@ -206,20 +206,25 @@ __global__ void backward_kernel(MsDeformAttnDims dims, const T* __restrict__ val
         grad_weight = warp_sum(grad_weight);
         grad_x = warp_sum(grad_x);
         grad_y = warp_sum(grad_y);
+        // With no corner inside, the gradients are 0 whatever the attention weight (inf * 0
+        // would be NaN).
         if (lane == 0) {
           gw[i] = from_accum<T, A>(grad_weight);
-          gloc[2 * i] = from_accum<T, A>(w * grad_x * (A)W);
-          gloc[2 * i + 1] = from_accum<T, A>(w * grad_y * (A)H);
+          gloc[2 * i] = from_accum<T, A>(c.any ? w * grad_x * (A)W : (A)0);
+          gloc[2 * i + 1] = from_accum<T, A>(c.any ? w * grad_y * (A)H : (A)0);
         }
       }
     }
   }
 }
 
+// Throws naming `what`, after clearing the error: a non-sticky error left pending would be
+// reported again by the next call, as that call's own.
 void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("deformdetr: CUDA ") + what +
-                             " failed: " + cudaGetErrorString(err));
+  if (err == cudaSuccess) return;
+  cudaGetLastError();
+  throw std::runtime_error(std::string("deformdetr: CUDA ") + what +
+                           " failed: " + cudaGetErrorString(err));
 }
 
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
@@ -232,24 +237,28 @@ int64_t num_blocks(const MsDeformAttnDims& d) {
   return std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks);
 }
 
-// Makes `device` current for the launch and restores the caller's device afterwards.
+// Makes `device` current for the launch and, if that changed it, restores the caller's device
+// afterwards (only then: setting a device can create a context on it).
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
     check(cudaGetDevice(&previous_), "query of the current device");
-    if (previous_ != device) check(cudaSetDevice(device), "selection of the tensors' device");
+    if (previous_ != device) {
+      check(cudaSetDevice(device), "selection of the tensors' device");
+      changed_ = true;
+    }
   }
   // A destructor must not throw; restoring a device that was current a moment ago cannot fail
-  // short of a broken context, which the next CUDA call reports anyway.
+  // short of a broken context, which the next CUDA call reports anyway (as its own: cleared).
   ~DeviceGuard() {
-    int current = previous_;
-    if (cudaGetDevice(&current) == cudaSuccess && current != previous_) cudaSetDevice(previous_);
+    if (changed_ && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 
  private:
   int previous_ = 0;
+  bool changed_ = false;
 };
 
 template <typename T>
@@ -271,10 +280,7 @@ void launch_backward(const MsDeformAttnDims& d, const void* value, const int64_t
   using A = typename Accum<T>::type;
   // An empty grad_value may have no storage at all: nothing to clear, no null pointer to pass.
   const size_t bytes = sizeof(A) * d.batch * d.value_len * d.heads * d.channels;
-  if (bytes > 0) {
-    cudaMemsetAsync(grad_value, 0, bytes, stream);
-    check_launch("memset of grad_value");
-  }
+  if (bytes > 0) check(cudaMemsetAsync(grad_value, 0, bytes, stream), "memset of grad_value");
   const int64_t blocks = num_blocks(d);
   if (blocks == 0) return;
   backward_kernel<T><<<(unsigned)blocks, kWarp * kWarpsPerBlock, 0, stream>>>(
