@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import deformdetr
+from deformdetr._native import dense
 from deformdetr.ops import ms_deform_attn, ms_deform_attn_reference, use_reference
 
 
@@ -351,6 +352,20 @@ def test_nondeterministic_cuda_backward_honours_use_deterministic_algorithms():
             _alert_if_nondeterministic(cuda)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+@pytest.mark.parametrize("view", ["requires_grad", "conj", "neg", "transposed"])
+def test_dense_tensors_export_through_dlpack_as_they_read(view):
+    # torch's __dlpack__ refuses tensors that require grad (nanobind then falls back after two
+    # exceptions per tensor) and would hand over conjugated/negated views' raw storage.
+    tensor = {
+        "requires_grad": torch.randn(3, 4).requires_grad_(True),
+        "conj": torch.randn(3, 4, dtype=torch.complex64).conj(),
+        "neg": torch.randn(3, 4, dtype=torch.complex64).conj().imag,  # a lazily negated view
+        "transposed": torch.randn(4, 3).t(),
+    }[view]
+    exported = torch.from_dlpack(dense(tensor).__dlpack__())
+    assert torch.equal(exported, tensor.detach().resolve_conj().resolve_neg())
 
 
 def test_cpu_backward_is_deterministic_under_use_deterministic_algorithms():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deformdetr._native import _C, cuda_stream_of, dense, num_threads
+from deformdetr._native import _C, cuda_stream_of, dense, num_threads, on_device_of
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference"]
 
@@ -39,10 +39,11 @@ def _ms_deform_attn_op(
         dense(t) for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     )
     output = _empty_output(value, sampling_locations)
-    _C.ms_deform_attn_forward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        output, num_threads(), cuda_stream_of(value),
-    )
+    with on_device_of(value):
+        _C.ms_deform_attn_forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            output, num_threads(), cuda_stream_of(value),
+        )
     return output.flatten(2)
 
 
@@ -100,10 +101,12 @@ def _ms_deform_attn_backward_op(
     grad_value = torch.empty(value.shape, dtype=accum_dtype, device=value.device)
     grad_locations = torch.empty_like(sampling_locations)
     grad_weights = torch.empty_like(attention_weights)
-    _C.ms_deform_attn_backward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        grad_output, grad_value, grad_locations, grad_weights, num_threads(), cuda_stream_of(value),
-    )
+    with on_device_of(value):
+        _C.ms_deform_attn_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            grad_output, grad_value, grad_locations, grad_weights, num_threads(),
+            cuda_stream_of(value),
+        )
     return grad_value.to(value.dtype), grad_locations, grad_weights
 
 
