@@ -13,6 +13,56 @@ struct AttnArgs {
   MsDeformAttnDims dims;
 };
 
+// The levels must tile value exactly: positive (H, W), each starting where the one before ends,
+// together as long as value (S). Areas are compared by division: H * W itself may overflow
+// (H = W = 2^32 multiplies to 0).
+void check_level_geometry(const int64_t* shapes, const int64_t* starts, int64_t levels,
+                          int64_t value_len) {
+  int64_t offset = 0;
+  for (int64_t l = 0; l < levels; ++l) {
+    const int64_t h = shapes[2 * l], w = shapes[2 * l + 1];
+    if (h < 1 || w < 1) {
+      std::ostringstream out;
+      out << "spatial_shapes[" << l << "] = (" << h << ", " << w << ") must be positive (H, W)";
+      fail_value(out.str());
+    }
+    if (starts[l] != offset) {
+      std::ostringstream out;
+      out << "level_start_index[" << l << "] must be " << offset
+          << " (the sum of H*W of the levels before it), got " << starts[l];
+      fail_value(out.str());
+    }
+    if (w > (value_len - offset) / h) {
+      std::ostringstream out;
+      out << "spatial_shapes[" << l << "] = (" << h << ", " << w
+          << ") reaches past the end of value: the levels' H*W add up to more than its length S = "
+          << value_len;
+      fail_value(out.str());
+    }
+    offset += h * w;
+  }
+  if (offset != value_len) {
+    std::ostringstream out;
+    out << "the length S = " << value_len
+        << " of value (its dimension 1) must equal the sum of H*W over spatial_shapes = "
+        << offset;
+    fail_value(out.str());
+  }
+}
+
+// spatial_shapes (L, 2) and level_start_index (L,), int64, at least one level; returns L.
+int64_t check_level_arrays(const ArgInfo& shapes, const ArgInfo& starts) {
+  check_rank(shapes, 2, "(L, 2)");
+  check_rank(starts, 1, "(L,)");
+  check_dtype(shapes, {DType::int64});
+  check_dtype(starts, {DType::int64});
+  if (shapes.dim(0) < 1)
+    fail_value("spatial_shapes must hold at least one level, got shape (0, 2)");
+  check_dim(shapes, 1, 2, "(H, W)");
+  check_dim(starts, 0, shapes.dim(0), "levels L of spatial_shapes");
+  return shapes.dim(0);
+}
+
 // Checks the five inputs against each other and against the official layouts; returns the sizes.
 AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
                       const ConstArray& level_start_index, const ConstArray& sampling_locations,
@@ -25,8 +75,7 @@ AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
              {}};
   check_cuda_available(a.value);
   check_rank(a.value, 4, "(N, S, M, D)");
-  check_rank(a.spatial_shapes, 2, "(L, 2)");
-  check_rank(a.level_start_index, 1, "(L,)");
+  a.dims.levels = check_level_arrays(a.spatial_shapes, a.level_start_index);
   check_rank(a.sampling_locations, 6, "(N, Lq, M, L, P, 2)");
   check_rank(a.attention_weights, 5, "(N, Lq, M, L, P)");
   if (a.value.on_cuda())
@@ -35,8 +84,6 @@ AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
     check_dtype(a.value, {DType::float32, DType::float64});
   check_same_dtype(a.sampling_locations, a.value);
   check_same_dtype(a.attention_weights, a.value);
-  check_dtype(a.spatial_shapes, {DType::int64});
-  check_dtype(a.level_start_index, {DType::int64});
   for (const ArgInfo* x :
        {&a.spatial_shapes, &a.level_start_index, &a.sampling_locations, &a.attention_weights})
     check_same_device(*x, a.value);
@@ -49,12 +96,8 @@ AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
   d.value_len = a.value.dim(1);
   d.heads = a.value.dim(2);
   d.channels = a.value.dim(3);
-  d.levels = a.spatial_shapes.dim(0);
   d.queries = a.sampling_locations.dim(1);
   d.points = a.sampling_locations.dim(4);
-  if (d.levels < 1) fail_value("spatial_shapes must hold at least one level, got shape (0, 2)");
-  check_dim(a.spatial_shapes, 1, 2, "(H, W)");
-  check_dim(a.level_start_index, 0, d.levels, "levels L of spatial_shapes");
   check_dim(a.sampling_locations, 0, d.batch, "batch N of value");
   check_dim(a.sampling_locations, 2, d.heads, "heads M of value");
   check_dim(a.sampling_locations, 3, d.levels, "levels L of spatial_shapes");
@@ -66,40 +109,10 @@ AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
 
   // Level geometry can only be read on the host; on CUDA the kernels skip any level that would
   // fall outside value instead of reading out of bounds.
-  if (!a.value.on_cuda()) {
-    const int64_t* shapes = static_cast<const int64_t*>(a.spatial_shapes.data);
-    const int64_t* starts = static_cast<const int64_t*>(a.level_start_index.data);
-    int64_t offset = 0;
-    for (int64_t l = 0; l < d.levels; ++l) {
-      const int64_t h = shapes[2 * l], w = shapes[2 * l + 1];
-      if (h < 1 || w < 1) {
-        std::ostringstream out;
-        out << "spatial_shapes[" << l << "] = (" << h << ", " << w << ") must be positive (H, W)";
-        fail_value(out.str());
-      }
-      if (starts[l] != offset) {
-        std::ostringstream out;
-        out << "level_start_index[" << l << "] must be " << offset
-            << " (the sum of H*W of the levels before it), got " << starts[l];
-        fail_value(out.str());
-      }
-      // Compared by division: H * W itself may overflow (H = W = 2^32 multiplies to 0).
-      if (w > (d.value_len - offset) / h) {
-        std::ostringstream out;
-        out << "spatial_shapes[" << l << "] = (" << h << ", " << w
-            << ") reaches past the end of value: the levels' H*W add up to more than its length S = "
-            << d.value_len;
-        fail_value(out.str());
-      }
-      offset += h * w;
-    }
-    if (offset != d.value_len) {
-      std::ostringstream out;
-      out << "value has shape " << a.value.shape_str() << ": its length S = " << d.value_len
-          << " must equal the sum of H*W over spatial_shapes = " << offset;
-      fail_value(out.str());
-    }
-  }
+  if (!a.value.on_cuda())
+    check_level_geometry(static_cast<const int64_t*>(a.spatial_shapes.data),
+                         static_cast<const int64_t*>(a.level_start_index.data), d.levels,
+                         d.value_len);
   return a;
 }
 
@@ -210,6 +223,22 @@ void backward(const ConstArray& value, const ConstArray& spatial_shapes,
   (void)stream;
 }
 
+// The level checks of the CPU path, on their own: for CUDA inputs, whose geometry the kernels do
+// not check (the Python side copies the two small tensors to the host first).
+void check_levels(const ConstArray& spatial_shapes, const ConstArray& level_start_index,
+                  int64_t value_len) {
+  const ArgInfo shapes = ArgInfo::of("spatial_shapes", spatial_shapes);
+  const ArgInfo starts = ArgInfo::of("level_start_index", level_start_index);
+  for (const ArgInfo* x : {&shapes, &starts}) {
+    check_cpu(*x, "copy it to the host first (.cpu())");
+    check_contiguous(*x);
+  }
+  const int64_t levels = check_level_arrays(shapes, starts);
+  if (value_len < 0) fail_value("value_len must be >= 0, got " + std::to_string(value_len));
+  check_level_geometry(static_cast<const int64_t*>(shapes.data),
+                       static_cast<const int64_t*>(starts.data), levels, value_len);
+}
+
 }  // namespace
 
 void register_ms_deform_attn(nb::module_& m) {
@@ -222,6 +251,10 @@ void register_ms_deform_attn(nb::module_& m) {
         nb::arg("grad_output"), nb::arg("grad_value"), nb::arg("grad_sampling_locations"),
         nb::arg("grad_attention_weights"), nb::arg("num_threads") = 0, nb::arg("stream") = 0,
         "Writes the gradients of multi-scale deformable attention into the three grad buffers.");
+  m.def("ms_deform_attn_check_levels", &check_levels, nb::arg("spatial_shapes"),
+        nb::arg("level_start_index"), nb::arg("value_len"),
+        "Raises ValueError, as the CPU kernels do, unless the levels (host int64 spatial_shapes "
+        "(L, 2) and level_start_index (L,)) tile a value of length value_len exactly.");
 }
 
 }  // namespace deformdetr::bindings

@@ -3,9 +3,13 @@
 import pytest
 import torch
 
+import importlib
+
 import deformdetr
 from deformdetr._native import dense
-from deformdetr.ops import ms_deform_attn, ms_deform_attn_reference, use_reference
+from deformdetr.ops import check_level_geometry, ms_deform_attn, ms_deform_attn_reference, use_reference
+
+attn_module = importlib.import_module("deformdetr.ops.ms_deform_attn")  # the op's module
 
 
 def make_inputs(
@@ -352,6 +356,57 @@ def test_nondeterministic_cuda_backward_honours_use_deterministic_algorithms():
             _alert_if_nondeterministic(cuda)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+# Levels that do not tile value: overlapping, leaving a gap, past its end, too short, empty.
+_BAD_LEVELS = [
+    (((6, 5), (3, 4), (2, 1)), (0, 20, 42), 44),
+    (((6, 5), (3, 4), (2, 1)), (0, 31, 42), 44),
+    (((6, 5), (3, 4), (2, 1)), (0, 30, 42), 43),
+    (((6, 5), (3, 4), (2, 1)), (0, 30, 42), 45),
+    (((6, 5), (3, 0), (2, 1)), (0, 30, 30), 32),
+    (((6, 5), (3, 4), (2**32, 2**32)), (0, 30, 42), 42),
+]
+
+
+@pytest.mark.parametrize("shapes,starts,value_len", _BAD_LEVELS)
+def test_check_level_geometry_raises_what_the_cpu_kernels_raise(shapes, starts, value_len):
+    # The opt-in check for CUDA inputs, whose kernels do not check the geometry: the same error
+    # as the CPU path, which always checks.
+    spatial_shapes, level_start_index = torch.tensor(shapes), torch.tensor(starts)
+    _, _, _, locations, weights = make_inputs(shapes=((6, 5), (3, 4), (2, 1)))
+    value = torch.randn(2, value_len, 3, 7, dtype=torch.float64)
+    with pytest.raises(ValueError) as kernel_error:
+        ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+    with pytest.raises(ValueError) as check_error:
+        check_level_geometry(spatial_shapes, level_start_index, value_len)
+    assert str(check_error.value) == str(kernel_error.value)
+
+
+def test_check_level_geometry_accepts_levels_that_tile_value():
+    value, shapes, starts, _, _ = make_inputs()
+    check_level_geometry(shapes, starts, value.shape[1])
+    with pytest.raises(TypeError, match="spatial_shapes must be int64"):
+        check_level_geometry(shapes.int(), starts, value.shape[1])
+
+
+@pytest.mark.parametrize("requested", [False, True])
+def test_check_levels_environment_variable_checks_before_every_call(monkeypatch, requested):
+    checked = []
+
+    def record(spatial_shapes, level_start_index, value_len):
+        checked.append((spatial_shapes.tolist(), level_start_index.tolist(), value_len))
+
+    monkeypatch.setattr(attn_module, "check_level_geometry", record)
+    if requested:
+        monkeypatch.setenv(attn_module.CHECK_LEVELS_ENV, "1")
+    else:
+        monkeypatch.delenv(attn_module.CHECK_LEVELS_ENV, raising=False)
+    value, shapes, starts, locations, weights = make_inputs()
+    ms_deform_attn(value, shapes, starts, locations, weights)
+    ms_deform_attn(value, shapes, starts, locations, weights)
+    expected = [(shapes.tolist(), starts.tolist(), value.shape[1])] * 2
+    assert checked == (expected if requested else [])
 
 
 @pytest.mark.parametrize("view", ["requires_grad", "conj", "neg", "transposed"])

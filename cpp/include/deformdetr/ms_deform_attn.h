@@ -47,7 +47,9 @@ void ms_deform_attn_backward_cpu(const MsDeformAttnDims& dims, const scalar_t* v
 // CudaDtype tag so that this header stays plain C++). Work is queued on `stream` (a cudaStream_t)
 // of GPU `device`; nothing synchronises. grad_value is accumulated in `accum_t` (float for 16-bit
 // types): the caller passes a buffer of that type and converts it. spatial_shapes and
-// level_start_index live on the device.
+// level_start_index live on the device, so they are not checked: a level whose (start, H, W)
+// would reach outside value is skipped, and other inconsistent geometry (levels that overlap or
+// leave gaps) is computed as given, unlike on the CPU, where the bindings refuse it.
 enum class CudaDtype { float32, float64, float16, bfloat16 };
 
 void ms_deform_attn_forward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims, const void* value,

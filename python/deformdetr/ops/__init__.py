@@ -1,9 +1,17 @@
 """Torch-facing wrappers of the native core, each beside a pure-PyTorch reference."""
 
-from deformdetr.ops.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference, use_reference
+from deformdetr.ops.ms_deform_attn import (
+    check_level_geometry,
+    ms_deform_attn,
+    ms_deform_attn_reference,
+    use_reference,
+)
 from deformdetr.ops.ms_deform_attn_module import MSDeformAttn
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference", "MSDeformAttn"]
+__all__ = [
+    "ms_deform_attn", "ms_deform_attn_reference", "use_reference", "check_level_geometry",
+    "MSDeformAttn",
+]
 from deformdetr.ops.matching import batched_linear_sum_assignment, linear_sum_assignment
 from deformdetr.ops.boxes import (
     box_cxcywh_to_xyxy,
