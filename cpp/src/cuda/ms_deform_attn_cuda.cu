@@ -9,9 +9,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <stdexcept>
-#include <string>
 
+#include "cuda_check.h"
 #include "deformdetr/ms_deform_attn.h"
 
 namespace deformdetr {
@@ -218,17 +217,6 @@ __global__ void backward_kernel(MsDeformAttnDims dims, const T* __restrict__ val
   }
 }
 
-// Throws naming `what`, after clearing the error: a non-sticky error left pending would be
-// reported again by the next call, as that call's own.
-void check(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return;
-  cudaGetLastError();
-  throw std::runtime_error(std::string("deformdetr: CUDA ") + what +
-                           " failed: " + cudaGetErrorString(err));
-}
-
-void check_launch(const char* what) { check(cudaGetLastError(), what); }
-
 // Enough blocks to fill any current GPU many times over; larger problems grid-stride.
 constexpr int64_t kMaxBlocks = 1 << 20;
 
@@ -236,30 +224,6 @@ int64_t num_blocks(const MsDeformAttnDims& d) {
   const int64_t rows = d.batch * d.queries * d.heads;
   return std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks);
 }
-
-// Makes `device` current for the launch and, if that changed it, restores the caller's device
-// afterwards (only then: setting a device can create a context on it).
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "query of the current device");
-    if (previous_ != device) {
-      check(cudaSetDevice(device), "selection of the tensors' device");
-      changed_ = true;
-    }
-  }
-  // A destructor must not throw; restoring a device that was current a moment ago cannot fail
-  // short of a broken context, which the next CUDA call reports anyway (as its own: cleared).
-  ~DeviceGuard() {
-    if (changed_ && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-  bool changed_ = false;
-};
 
 template <typename T>
 void launch_forward(const MsDeformAttnDims& d, const void* value, const int64_t* shapes,
@@ -270,7 +234,7 @@ void launch_forward(const MsDeformAttnDims& d, const void* value, const int64_t*
   forward_kernel<T><<<(unsigned)blocks, kWarp * kWarpsPerBlock, 0, stream>>>(
       d, static_cast<const T*>(value), shapes, starts, static_cast<const T*>(loc),
       static_cast<const T*>(attw), static_cast<T*>(out));
-  check_launch("forward kernel launch");
+  cuda_check(cudaGetLastError(), "forward kernel launch");
 }
 
 template <typename T>
@@ -280,14 +244,15 @@ void launch_backward(const MsDeformAttnDims& d, const void* value, const int64_t
   using A = typename Accum<T>::type;
   // An empty grad_value may have no storage at all: nothing to clear, no null pointer to pass.
   const size_t bytes = sizeof(A) * d.batch * d.value_len * d.heads * d.channels;
-  if (bytes > 0) check(cudaMemsetAsync(grad_value, 0, bytes, stream), "memset of grad_value");
+  if (bytes > 0)
+    cuda_check(cudaMemsetAsync(grad_value, 0, bytes, stream), "memset of grad_value");
   const int64_t blocks = num_blocks(d);
   if (blocks == 0) return;
   backward_kernel<T><<<(unsigned)blocks, kWarp * kWarpsPerBlock, 0, stream>>>(
       d, static_cast<const T*>(value), shapes, starts, static_cast<const T*>(loc),
       static_cast<const T*>(attw), static_cast<const T*>(go), static_cast<A*>(grad_value),
       static_cast<T*>(grad_loc), static_cast<T*>(grad_w));
-  check_launch("backward kernel launch");
+  cuda_check(cudaGetLastError(), "backward kernel launch");
 }
 
 }  // namespace
@@ -296,7 +261,7 @@ void ms_deform_attn_forward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims, 
                                  const int64_t* spatial_shapes, const int64_t* level_start_index,
                                  const void* sampling_locations, const void* attention_weights,
                                  void* output, int device, void* stream) {
-  DeviceGuard guard(device);
+  CudaDeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case CudaDtype::float32:
@@ -320,7 +285,7 @@ void ms_deform_attn_backward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims,
                                   const void* grad_output, void* grad_value_accum,
                                   void* grad_sampling_locations, void* grad_attention_weights,
                                   int device, void* stream) {
-  DeviceGuard guard(device);
+  CudaDeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case CudaDtype::float32:
