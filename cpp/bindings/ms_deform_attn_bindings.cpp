@@ -2,6 +2,7 @@
 #include <sstream>
 
 #include "deformdetr/ms_deform_attn.h"
+#include "dispatch.h"
 #include "validation.h"
 
 namespace deformdetr::bindings {
@@ -79,9 +80,9 @@ AttnArgs check_inputs(const ConstArray& value, const ConstArray& spatial_shapes,
   check_rank(a.sampling_locations, 6, "(N, Lq, M, L, P, 2)");
   check_rank(a.attention_weights, 5, "(N, Lq, M, L, P)");
   if (a.value.on_cuda())
-    check_dtype(a.value, {DType::float32, DType::float64, DType::float16, DType::bfloat16});
+    check_dtype(a.value, CudaFloats());
   else
-    check_dtype(a.value, {DType::float32, DType::float64});
+    check_dtype(a.value, CpuFloats());
   check_same_dtype(a.sampling_locations, a.value);
   check_same_dtype(a.attention_weights, a.value);
   for (const ArgInfo* x :
@@ -127,50 +128,46 @@ ArgInfo check_output(const char* name, const nb::ndarray<>& array, const ArgInfo
   return out;
 }
 
-CudaDtype cuda_dtype(DType dtype) {
-  switch (dtype) {
-    case DType::float64:
-      return CudaDtype::float64;
-    case DType::float16:
-      return CudaDtype::float16;
-    case DType::bfloat16:
-      return CudaDtype::bfloat16;
-    default:
-      return CudaDtype::float32;
-  }
+template <typename T>
+MsDeformAttnInputs<T> typed_inputs(const AttnArgs& a) {
+  return {a.dims,
+          static_cast<const T*>(a.value.data),
+          static_cast<const int64_t*>(a.spatial_shapes.data),
+          static_cast<const int64_t*>(a.level_start_index.data),
+          static_cast<const T*>(a.sampling_locations.data),
+          static_cast<const T*>(a.attention_weights.data)};
+}
+
+// Runs one pass on value's device: make_args(Type<T>()) gives the pass's arguments for the
+// element type T of value, among the types that device has kernels for. (check_inputs refuses
+// CUDA tensors in builds without CUDA.)
+template <typename MakeArgs>
+void run_on_device(const AttnArgs& a, int num_threads, uintptr_t stream, MakeArgs&& make_args) {
+#ifdef DEFORMDETR_WITH_CUDA
+  if (a.value.on_cuda())
+    return dispatch(a.value.dtype, CudaFloats(), [&](auto type) {
+      ms_deform_attn_cuda(make_args(type), a.value.device_id, reinterpret_cast<void*>(stream));
+    });
+#endif
+  (void)stream;
+  dispatch(a.value.dtype, CpuFloats(),
+           [&](auto type) { ms_deform_attn_cpu(make_args(type), num_threads); });
 }
 
 void forward(const ConstArray& value, const ConstArray& spatial_shapes,
              const ConstArray& level_start_index, const ConstArray& sampling_locations,
              const ConstArray& attention_weights, nb::ndarray<> output, int num_threads,
              uintptr_t stream) {
-  AttnArgs a =
+  const AttnArgs a =
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const MsDeformAttnDims& d = a.dims;
-  ArgInfo out = check_output("output", output, a.value, {d.batch, d.queries, d.heads, d.channels},
-                             a.value.dtype);
-  const auto* shapes = static_cast<const int64_t*>(a.spatial_shapes.data);
-  const auto* starts = static_cast<const int64_t*>(a.level_start_index.data);
+  check_output("output", output, a.value, {d.batch, d.queries, d.heads, d.channels},
+               a.value.dtype);
   nb::gil_scoped_release release;
-  if (a.value.on_cuda()) {
-#ifdef DEFORMDETR_WITH_CUDA
-    ms_deform_attn_forward_cuda(cuda_dtype(a.value.dtype), d, a.value.data, shapes, starts,
-                                a.sampling_locations.data, a.attention_weights.data, output.data(),
-                                a.value.device_id, reinterpret_cast<void*>(stream));
-#endif
-  } else if (a.value.dtype == DType::float32) {
-    ms_deform_attn_forward_cpu<float>(d, static_cast<const float*>(a.value.data), shapes, starts,
-                                      static_cast<const float*>(a.sampling_locations.data),
-                                      static_cast<const float*>(a.attention_weights.data),
-                                      static_cast<float*>(output.data()), num_threads);
-  } else {
-    ms_deform_attn_forward_cpu<double>(d, static_cast<const double*>(a.value.data), shapes, starts,
-                                       static_cast<const double*>(a.sampling_locations.data),
-                                       static_cast<const double*>(a.attention_weights.data),
-                                       static_cast<double*>(output.data()), num_threads);
-  }
-  (void)out;
-  (void)stream;
+  run_on_device(a, num_threads, stream, [&](auto type) {
+    using T = typename decltype(type)::type;
+    return MsDeformAttnForwardArgs<T>{typed_inputs<T>(a), static_cast<T*>(output.data())};
+  });
 }
 
 void backward(const ConstArray& value, const ConstArray& spatial_shapes,
@@ -178,10 +175,10 @@ void backward(const ConstArray& value, const ConstArray& spatial_shapes,
               const ConstArray& attention_weights, const ConstArray& grad_output,
               nb::ndarray<> grad_value, nb::ndarray<> grad_sampling_locations,
               nb::ndarray<> grad_attention_weights, int num_threads, uintptr_t stream) {
-  AttnArgs a =
+  const AttnArgs a =
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const MsDeformAttnDims& d = a.dims;
-  ArgInfo go = ArgInfo::of("grad_output", grad_output);
+  const ArgInfo go = ArgInfo::of("grad_output", grad_output);
   check_same_device(go, a.value);
   check_same_dtype(go, a.value);
   check_shape(go, {d.batch, d.queries, d.heads, d.channels});
@@ -194,33 +191,15 @@ void backward(const ConstArray& value, const ConstArray& spatial_shapes,
                {d.batch, d.queries, d.heads, d.levels, d.points, 2}, a.value.dtype);
   check_output("grad_attention_weights", grad_attention_weights, a.value,
                {d.batch, d.queries, d.heads, d.levels, d.points}, a.value.dtype);
-  const auto* shapes = static_cast<const int64_t*>(a.spatial_shapes.data);
-  const auto* starts = static_cast<const int64_t*>(a.level_start_index.data);
   nb::gil_scoped_release release;
-  if (a.value.on_cuda()) {
-#ifdef DEFORMDETR_WITH_CUDA
-    ms_deform_attn_backward_cuda(
-        cuda_dtype(a.value.dtype), d, a.value.data, shapes, starts, a.sampling_locations.data,
-        a.attention_weights.data, go.data, grad_value.data(), grad_sampling_locations.data(),
-        grad_attention_weights.data(), a.value.device_id, reinterpret_cast<void*>(stream));
-#endif
-  } else if (a.value.dtype == DType::float32) {
-    ms_deform_attn_backward_cpu<float>(
-        d, static_cast<const float*>(a.value.data), shapes, starts,
-        static_cast<const float*>(a.sampling_locations.data),
-        static_cast<const float*>(a.attention_weights.data), static_cast<const float*>(go.data),
-        static_cast<float*>(grad_value.data()), static_cast<float*>(grad_sampling_locations.data()),
-        static_cast<float*>(grad_attention_weights.data()), num_threads);
-  } else {
-    ms_deform_attn_backward_cpu<double>(
-        d, static_cast<const double*>(a.value.data), shapes, starts,
-        static_cast<const double*>(a.sampling_locations.data),
-        static_cast<const double*>(a.attention_weights.data), static_cast<const double*>(go.data),
-        static_cast<double*>(grad_value.data()),
-        static_cast<double*>(grad_sampling_locations.data()),
-        static_cast<double*>(grad_attention_weights.data()), num_threads);
-  }
-  (void)stream;
+  run_on_device(a, num_threads, stream, [&](auto type) {
+    using T = typename decltype(type)::type;
+    return MsDeformAttnBackwardArgs<T>{
+        typed_inputs<T>(a), static_cast<const T*>(go.data),
+        static_cast<typename GradValueAccum<T>::type*>(grad_value.data()),
+        static_cast<T*>(grad_sampling_locations.data()),
+        static_cast<T*>(grad_attention_weights.data())};
+  });
 }
 
 // The level checks of the CPU path, on their own: for CUDA inputs, whose geometry the kernels do
