@@ -35,7 +35,8 @@ def dense(tensor):
     DLPack hands over raw storage, so a lazily negated or conjugated view (torch's neg/conj bits,
     e.g. from ``z.conj().imag``) would otherwise reach the kernels with the wrong sign; and
     torch's ``__dlpack__`` refuses a tensor that requires grad, after which nanobind tries again
-    and falls back to the legacy exporter, paying for two exceptions per tensor per call."""
+    and falls back to torch's legacy exporter, after two exceptions per tensor per call (no
+    slower on the CPU, bench/RESULTS.md says, but a path torch calls legacy)."""
     if tensor.requires_grad:
         tensor = tensor.detach()
     if tensor.is_conj():
