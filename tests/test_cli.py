@@ -13,6 +13,21 @@ def test_info_reports_the_build(capsys):
     assert "deformdetr 0.1.0" in out and "CUDA kernels compiled" in out
 
 
+@pytest.mark.parametrize("driver,too_old", [(12040, True), (13000, False), (0, False)])
+def test_info_says_which_driver_the_cuda_kernels_need(capsys, monkeypatch, driver, too_old):
+    from deformdetr._native import _C
+
+    if not _C.cuda_compiled:
+        pytest.skip("a CPU-only build: no CUDA runtime, nothing asked of the driver")
+    monkeypatch.setattr(_C, "cuda_runtime_version", 13000)
+    monkeypatch.setattr(_C, "cuda_minimum_driver_branch", 580)
+    monkeypatch.setattr(_C, "cuda_driver_version", lambda: driver)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA runtime of the kernels: 13.0" in out and "R580 or newer" in out
+    assert ("too old" in out and "/usr/local/cuda-12.4/bin/nvcc" in out) == too_old
+
+
 def test_bench_attention_prints_speedups(capsys, monkeypatch):
     # Shrink the standard shapes so the test stays fast; the code path is the real one.
     import deformdetr.bench.ms_deform_attn as bench

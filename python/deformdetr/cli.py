@@ -17,11 +17,27 @@ def _info(args) -> int:
     import torch
 
     import deformdetr
+    from deformdetr._native import _C
+
+    def cuda_version(number: int) -> str:  # CUDART_VERSION style: 12040 is 12.4
+        return f"{number // 1000}.{number % 1000 // 10}"
 
     print(f"deformdetr {deformdetr.__version__}")
-    print(f"torch {torch.__version__}; CPU threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}); "
+          f"CPU threads {torch.get_num_threads()}")
     print(f"CUDA kernels compiled: {deformdetr.cuda_compiled}; "
           f"CUDA device available: {torch.cuda.is_available()}")
+    if not deformdetr.cuda_compiled:
+        return 0
+    runtime, branch = _C.cuda_runtime_version, _C.cuda_minimum_driver_branch
+    needs = f"an NVIDIA driver R{branch} or newer" if branch else f"a driver for CUDA {cuda_version(runtime)}"
+    print(f"CUDA runtime of the kernels: {cuda_version(runtime)}, linked statically (needs {needs})")
+    driver = _C.cuda_driver_version()
+    print(f"NVIDIA driver: {'supports CUDA ' + cuda_version(driver) if driver else 'none found'}")
+    if driver and driver // 1000 < runtime // 1000:
+        print(f"The driver is too old for these kernels: update it, or rebuild deformdetr with the "
+              f"CUDA toolkit it supports, e.g. `pip install --no-build-isolation --force-reinstall . "
+              f"-Cmake.define.CMAKE_CUDA_COMPILER=/usr/local/cuda-{cuda_version(driver)}/bin/nvcc`")
     return 0
 
 

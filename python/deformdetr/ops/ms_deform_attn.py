@@ -13,6 +13,7 @@ Shapes follow the official implementation:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import warnings
 
@@ -20,11 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deformdetr._native import _C, cuda_stream_of, dense, num_threads
+from deformdetr._native import _C, cuda_stream_of, dense, num_threads, on_device_of
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference", "check_level_geometry"]
 
 _16_BIT = (torch.float16, torch.bfloat16)
+
+# Set to "1" to check the level geometry on the host before every call, on any device.
+CHECK_LEVELS_ENV = "DEFORMDETR_CHECK_LEVELS"
 
 
 @torch.library.custom_op("deformdetr::ms_deform_attn", mutates_args=())
@@ -39,10 +43,13 @@ def _ms_deform_attn_op(
         dense(t) for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     )
     output = _empty_output(value, sampling_locations)
-    _C.ms_deform_attn_forward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        output, num_threads(), cuda_stream_of(value),
-    )
+    if os.environ.get(CHECK_LEVELS_ENV) == "1":
+        check_level_geometry(spatial_shapes, level_start_index, value.shape[1])
+    with on_device_of(value):
+        _C.ms_deform_attn_forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            output, num_threads(), cuda_stream_of(value),
+        )
     return output.flatten(2)
 
 
@@ -100,10 +107,12 @@ def _ms_deform_attn_backward_op(
     grad_value = torch.empty(value.shape, dtype=accum_dtype, device=value.device)
     grad_locations = torch.empty_like(sampling_locations)
     grad_weights = torch.empty_like(attention_weights)
-    _C.ms_deform_attn_backward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        grad_output, grad_value, grad_locations, grad_weights, num_threads(), cuda_stream_of(value),
-    )
+    with on_device_of(value):
+        _C.ms_deform_attn_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            grad_output, grad_value, grad_locations, grad_weights, num_threads(),
+            cuda_stream_of(value),
+        )
     return grad_value.to(value.dtype), grad_locations, grad_weights
 
 
@@ -180,6 +189,14 @@ def ms_deform_attn(
     Runs the native kernels (CPU: float32/float64; CUDA: also float16/bfloat16), differentiable
     in value, sampling_locations and attention_weights. Inside ``use_reference()`` it runs
     :func:`ms_deform_attn_reference` instead.
+
+    The levels must tile value: ``level_start_index`` the running sum of the levels' H*W, and
+    their sum S = ``value.shape[1]``. On the CPU a violation raises ValueError. On CUDA the
+    shapes are not read on the host (that would synchronise): a level whose (start, H, W) would
+    reach outside value contributes nothing, and other inconsistent geometry (levels that overlap
+    or leave gaps) is computed as given. To get the CPU's errors on CUDA, call
+    :func:`check_level_geometry` on the inputs, or set the environment variable
+    ``DEFORMDETR_CHECK_LEVELS=1`` to check before every call (one host synchronisation each).
     """
     if getattr(_state, "reference", False):
         return ms_deform_attn_reference(
@@ -187,6 +204,17 @@ def ms_deform_attn(
         )
     return _ms_deform_attn_op(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+
+
+def check_level_geometry(spatial_shapes: Tensor, level_start_index: Tensor, value_len: int) -> None:
+    """Raises ValueError, with the CPU kernels' message, unless the levels tile a value of length
+    ``value_len`` exactly: every (H, W) positive, ``level_start_index`` the running sum of H*W,
+    and the sum equal to ``value_len``. The CPU path always checks this; the CUDA path does not
+    (see :func:`ms_deform_attn`). Copies the two small tensors to the host, which synchronises
+    with the GPU when they live there."""
+    _C.ms_deform_attn_check_levels(
+        dense(spatial_shapes.cpu()), dense(level_start_index.cpu()), int(value_len)
     )
 
 
