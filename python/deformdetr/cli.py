@@ -37,7 +37,7 @@ def _info(args) -> int:
     if driver and driver // 1000 < runtime // 1000:
         print(f"The driver is too old for these kernels: update it, or rebuild deformdetr with the "
               f"CUDA toolkit it supports, e.g. `pip install --no-build-isolation --force-reinstall . "
-              f"-Cmake.define.CMAKE_CUDA_COMPILER=/usr/local/cuda-{cuda_version(driver)}/bin/nvcc`")
+              f"-Ccmake.define.CMAKE_CUDA_COMPILER=/usr/local/cuda-{cuda_version(driver)}/bin/nvcc`")
     return 0
 
 
