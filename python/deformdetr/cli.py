@@ -1,4 +1,4 @@
-"""The ``deformdetr`` command line: train, eval, predict, demo, bench, info."""
+"""The ``deformdetr`` command line: train, eval, predict, convert, export, demo, bench, info."""
 
 from __future__ import annotations
 
@@ -135,6 +135,13 @@ def _predict(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from deformdetr.engine.convert import convert_checkpoint
+
+    print(f"wrote {convert_checkpoint(args.checkpoint, args.output, args.to)}")
+    return 0
+
+
 def _demo(args) -> int:
     from deformdetr.configs import load_config
     from deformdetr.engine.predict import load_for_prediction
@@ -191,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_eval)
 
     predict = commands.add_parser("predict", help="detect objects in images: JSON + PNGs with boxes")
-    predict.add_argument("--checkpoint", required=True, help="a deformdetr or official checkpoint")
+    predict.add_argument("--checkpoint", required=True,
+                         help="a deformdetr or official checkpoint, or a Hugging Face folder or hub id")
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--output-dir", default="predictions")
     predict.add_argument("--threshold", type=_threshold, default=0.5, help="keep scores >= this (0..1)")
@@ -199,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=positive_int, default=1,
                          help="images run together (those of one size; results as one at a time)")
     predict.set_defaults(run=_predict)
+
+    convert = commands.add_parser(
+        "convert", help="write a checkpoint as a Hugging Face transformers folder or in the official layout")
+    convert.add_argument("checkpoint", help="ours, official, a Hugging Face folder or hub id")
+    convert.add_argument("output", help="the folder (--to hf) or file (--to official) to write")
+    convert.add_argument("--to", required=True, choices=["hf", "official"])
+    convert.set_defaults(run=_convert)
 
     demo = commands.add_parser("demo", help="synthetic data -> train on CPU -> evaluate -> pictures")
     demo.add_argument("--output-dir", default="outputs/demo")
