@@ -69,7 +69,7 @@ def _layer_renames(ours: str, hf: str, parts: dict) -> list:
 _ENCODER_LAYER = {"self_attn": "self_attn", "norm1": "self_attn_layer_norm", "linear1": "fc1",
                   "linear2": "fc2", "norm2": "final_layer_norm"}
 _DECODER_LAYER = {"cross_attn": "encoder_attn", "norm1": "encoder_attn_layer_norm",
-                  "self_attn.out_proj": "self_attn.out_proj", "norm2": "self_attn_layer_norm",
+                  "self_attn": "self_attn", "norm2": "self_attn_layer_norm",
                   "linear1": "fc1", "linear2": "fc2", "norm3": "final_layer_norm"}
 
 _TRANSFORMER = [
@@ -141,7 +141,7 @@ def state_to_hf(state: dict, timm_backbone: bool) -> dict:
         in_proj = _IN_PROJ.match(key)
         if in_proj:
             prefix, kind = in_proj.groups()
-            hf_prefix = _renamed(prefix, renames, to_hf=True) or ("model." + prefix[len("transformer."):])
+            hf_prefix = _renamed(prefix, renames, to_hf=True)
             for name, part in zip(_QKV, value.chunk(3)):
                 converted[f"{hf_prefix}{name}.{kind}"] = part.clone().contiguous()
             continue
@@ -173,7 +173,7 @@ def state_from_hf(hf_state: dict, settings: dict, timm_backbone: bool, tied_head
     for (prefix, kind), parts in qkv.items():
         if set(parts) != set(_QKV):
             raise ckpt.CheckpointError(f"{prefix}: the self-attention has {sorted(parts)} {kind}s, not q, k and v")
-        state["transformer." + prefix[len("model."):] + f"in_proj_{kind}"] = torch.cat([parts[n] for n in _QKV])
+        state[_renamed(prefix, renames, to_hf=False) + f"in_proj_{kind}"] = torch.cat([parts[n] for n in _QKV])
     if tied_heads:
         _fill_tied_heads(state, settings)
     return state
@@ -400,7 +400,7 @@ def _safetensors():
     try:
         import safetensors.torch
     except ImportError:
-        raise ckpt.CheckpointError(f"Hugging Face weights need the safetensors package: {_INSTALL}") from None
+        raise ModuleNotFoundError(f"Hugging Face weights need the safetensors package: {_INSTALL}") from None
     return safetensors.torch
 
 
@@ -409,8 +409,8 @@ def _download(repo_id: str) -> str:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise ckpt.CheckpointError(f"{repo_id!r} is no file or folder here; to fetch it from the Hugging Face hub "
-                                   f"install huggingface_hub: {_INSTALL}") from None
+        raise ModuleNotFoundError(f"{repo_id!r} is no file or folder here; to fetch it from the Hugging Face hub "
+                                  f"install huggingface_hub: {_INSTALL}") from None
     try:
         config = hf_hub_download(repo_id, CONFIG_NAME)
         for weights in (SAFETENSORS_NAME, PICKLE_NAME):
