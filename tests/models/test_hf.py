@@ -132,6 +132,17 @@ def _perturbed(model):
     return model
 
 
+def test_a_folder_with_pytorch_model_bin_loads_the_same(tmp_path):
+    from safetensors.torch import load_file
+
+    folder = save_folder(transformers_model("box_refine"), tmp_path, "box_refine")
+    expected = load_checkpoint(folder).state_dict()
+    torch.save(load_file(os.path.join(folder, "model.safetensors")), os.path.join(folder, "pytorch_model.bin"))
+    os.remove(os.path.join(folder, "model.safetensors"))
+    got = load_checkpoint(folder).state_dict()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
 def test_class_names_come_from_id2label(tmp_path):
     folder = save_folder(transformers_model("single_scale"), tmp_path, "single_scale")
     assert read_weights(folder)["class_names"] == {i: f"LABEL_{i}" for i in range(5)}

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import warnings
 from typing import Sequence
 
 import torch
@@ -110,7 +112,9 @@ def export_program(model: nn.Module, height: int, width: int, dynamic: bool = Fa
     # A batch of 1 would be baked in: torch.export specialises sizes 0 and 1.
     inputs = example_inputs(model, height, width, batch=2 if dynamic else 1)
     wrapper = _NamedOutputs(model, output_names(model))
-    with torch.no_grad(), use_reference(reference):
+    with torch.no_grad(), use_reference(reference), warnings.catch_warnings():
+        # torch.export's own use of a pytree API it deprecates; nothing the user can act on.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         return torch.export.export(wrapper, inputs, dynamic_shapes={"inputs": _dynamic_shapes(model)} if dynamic else None,
                                    strict=False)
 
@@ -127,10 +131,23 @@ def export_onnx(model: nn.Module, output: str, height: int, width: int, dynamic:
     # The exporter reports its steps on stdout; the CLI says what matters. optimize=False: the
     # exporter's graph optimizer (onnxscript 0.7) drops the bound of a Clip in the box-refinement
     # loop, leaving a graph onnxruntime refuses; onnxruntime optimises the graph when it loads it.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"):
         torch.onnx.export(program, program.example_inputs[0], output, input_names=list(input_names(model)),
                           output_names=list(output_names(model)), opset_version=opset, dynamo=True,
                           external_data=False, optimize=False)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Errors only from logger ``name`` (the exporter warns that torchvision's ops, which no
+    model here uses, cannot be registered without torchvision)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _require(*modules: str) -> None:
