@@ -222,3 +222,43 @@ def test_bench_model_times_the_model_and_accounts_for_its_parts(capsys):
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert {"backbone", "input projections", "encoder", "decoder", "heads"} <= set(rows)
     assert all("nan" not in rows[part] for part in ("backbone", "input projections", "encoder", "decoder", "heads"))
+
+
+def test_convert_to_hf_then_predict_and_eval_take_the_folder(tmp_path, capsys):
+    """A Hugging Face folder serves predict (its id2label names the detections) and eval (its
+    config.json gives the model, whatever the preset)."""
+    import json
+
+    import torch
+    from PIL import Image
+
+    from deformdetr.data import generate_synthetic_coco
+    from deformdetr.models import deformable_detr
+
+    pytest.importorskip("safetensors", reason="the Hugging Face format needs the [interop] extra (safetensors)")
+    names = {i: f"shape{i}" for i in range(7)}  # the synthetic set's ids run to 6
+    model = deformable_detr("box_refine", num_classes=7, backbone="resnet18", hidden_dim=64, nheads=2,
+                            enc_layers=1, dec_layers=2, dim_feedforward=32, num_queries=6, pretrained_backbone=False)
+    ours = tmp_path / "ours.pth"
+    torch.save({"model": model.state_dict(), "args": vars(model.config).copy(),
+                "class_names": names}, ours)
+    folder = tmp_path / "hf"
+    assert main(["convert", str(ours), str(folder), "--to", "hf"]) == 0
+    assert f"a Hugging Face transformers folder (config.json, model.safetensors) in {folder}" in capsys.readouterr().out
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(folder), str(tmp_path / "red.png"), "--output-dir", str(out),
+                 "--threshold", "0", "--device", "cpu"]) == 0
+    found = {d["name"] for d in json.load(open(out / "predictions.json"))[0]["detections"]}
+    assert found == set(names.values())
+    generate_synthetic_coco(tmp_path / "data", num_train=2, num_val=2, image_size=48, seed=1)
+    metrics = tmp_path / "metrics.json"
+    assert main(["eval", "--config", "demo_synthetic", "--checkpoint", str(folder), "--json", str(metrics),
+                 f"data.root={tmp_path / 'data'}", "data.val_size=48", "data.max_size=64", "data.num_workers=0",
+                 "train.batch_size=2", "device=cpu"]) == 0
+    assert "AP50" in json.load(open(metrics))
+
+
+def test_a_folder_that_is_not_a_hf_model_is_one_line(tmp_path, capsys):
+    assert main(["predict", "--checkpoint", str(tmp_path), str(tmp_path)]) == 2
+    assert "is a folder but not a Hugging Face model: it has no config.json" in capsys.readouterr().err

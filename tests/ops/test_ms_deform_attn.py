@@ -7,7 +7,8 @@ import importlib
 
 import deformdetr
 from deformdetr._native import dense
-from deformdetr.ops import check_level_geometry, ms_deform_attn, ms_deform_attn_reference, use_reference
+from deformdetr.ops import (check_level_geometry, ms_deform_attn, ms_deform_attn_reference, spatial_shapes_tensor,
+                            use_reference)
 
 attn_module = importlib.import_module("deformdetr.ops.ms_deform_attn")  # the op's module
 
@@ -238,6 +239,16 @@ def test_use_reference_switches_implementation(monkeypatch):
     with use_reference():
         ms_deform_attn(*inputs)
     assert calls == [1]
+
+
+def test_spatial_shapes_as_a_list_of_sizes_give_the_same_results():
+    """Sizes as Python ints are what torch.export traces symbolically; both ops take them."""
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs()
+    sizes = [tuple(shape) for shape in spatial_shapes.tolist()]
+    assert torch.equal(spatial_shapes_tensor(sizes), spatial_shapes)
+    for fn in (ms_deform_attn, ms_deform_attn_reference):
+        expected = fn(value, spatial_shapes, level_start_index, locations, weights)
+        assert torch.equal(fn(value, sizes, level_start_index, locations, weights), expected)
 
 
 def test_autocast_cpu_runs_in_float32():

@@ -18,32 +18,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from deformdetr.bench import positive_int
+from deformdetr.bench import image_size, median_seconds, positive_int
 
 #: The parts of a Deformable DETR, by module name prefix (the rest is "other").
 PARTS = (("backbone", "backbone"), ("input projections", "input_proj"), ("encoder", "transformer.encoder"),
          ("decoder", "transformer.decoder"), ("heads", "class_embed"), ("heads", "bbox_embed"))
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 800x1066, got {text!r}") from None
-    if height < 32 or width < 32:
-        raise argparse.ArgumentTypeError(f"images must be at least 32x32, got {text}")
-    return height, width
-
-
-def median_seconds(run: Callable, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 # ---- the model and its work ------------------------------------------------------------------
@@ -226,7 +205,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="deformdetr bench model", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="multi_scale",
                         choices=["single_scale", "single_scale_dc5", "multi_scale", "box_refine", "two_stage"])
-    parser.add_argument("--size", type=parse_size, default=(800, 1066), help="HEIGHTxWIDTH (default 800x1066)")
+    parser.add_argument("--size", type=image_size, default=(800, 1066), help="HEIGHTxWIDTH (default 800x1066)")
     parser.add_argument("--batch", type=positive_int, default=1)
     parser.add_argument("--repeat", "--repeats", type=positive_int, default=3)
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")

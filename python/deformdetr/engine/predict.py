@@ -27,13 +27,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 def load_for_prediction(checkpoint_path: str):
-    """(task, model, categories) of a checkpoint: ours carry their config and categories; an
-    official one gets its task's default config and categories (COCO's for 91 classes)."""
+    """(task, model, categories) of a checkpoint (any source models.checkpoint.read_weights reads):
+    ours carry their config and categories, Hugging Face folders their id2label; an official one
+    gets its task's default config and categories (COCO's for 91 classes)."""
     from deformdetr.configs import complete
     from deformdetr.engine.tasks import get_task, task_for_family
-    from deformdetr.models.checkpoint import family_of, model_from_checkpoint, model_state_of, read_checkpoint
+    from deformdetr.models.checkpoint import family_of, model_from_checkpoint, model_state_of, read_weights
 
-    checkpoint = read_checkpoint(checkpoint_path)
+    checkpoint = read_weights(checkpoint_path)
     saved = checkpoint.get("config")
     if isinstance(saved, dict) and "task" in saved:
         cfg = complete(saved)

@@ -24,7 +24,7 @@ from deformdetr.engine.checkpoint import copy_atomic, preserved_rng, restore_rng
 from deformdetr.engine.predict import recorded_categories
 from deformdetr.engine.tasks import DEFAULT_TASK, get_task
 from deformdetr.engine.outputs import as_float32
-from deformdetr.models.checkpoint import WeightReport, family_of, load_weights, model_state_of, read_checkpoint
+from deformdetr.models.checkpoint import WeightReport, family_of, load_weights, model_state_of, read_checkpoint, read_weights
 from deformdetr.models.criterion import is_layer_copy
 
 __all__ = ["resolve_device", "train", "Trainer", "train_one_epoch", "accumulate_gradients", "evaluate_checkpoint"]
@@ -400,7 +400,7 @@ class _Best:
 def _load_start_weights(model, source: str, task) -> WeightReport:
     """A checkpoint's weights into a new model, those that fit; the rest keep their
     initialisation. Said in one line; the full report goes to the output folder."""
-    state = _weights_for(task, read_checkpoint(source), source)
+    state = _weights_for(task, read_weights(source), source)
     report = load_weights(model, state, source, strict=False, warn=False)
     if dist.is_main_process():
         print(f"weights from {source}: {report.summary()} (all listed in {WEIGHTS_REPORT_NAME})", file=sys.stderr)
@@ -423,11 +423,12 @@ def _write_weights_report(output_dir: str, source: str, report: WeightReport) ->
 
 
 def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[str] = None) -> dict:
-    """The task's metrics of a checkpoint (ours or official) on the config's validation split;
+    """The task's metrics of a checkpoint (ours, official, or a Hugging Face model: see
+    models.checkpoint.read_weights) on the config's validation split;
     ``results_dir`` also receives the predictions in the benchmark's format (the task's)."""
     device = resolve_device(cfg["device"])
     dist.init_distributed(device)
-    state = read_checkpoint(checkpoint_path)
+    state = read_weights(checkpoint_path)
     cfg = _with_model_of_checkpoint(cfg, state, checkpoint_path)
     task = get_task(cfg)
     weights = _weights_for(task, state, checkpoint_path)

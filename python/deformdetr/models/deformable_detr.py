@@ -3,7 +3,9 @@ of official checkpoints. Module and parameter names equal the official implement
 
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
@@ -254,6 +256,16 @@ def _assumed_settings(checkpoint: dict, given: dict) -> list:
     return [f"{k}={getattr(defaults, k)} ({why})" for k, why in unrecorded.items() if k not in given]
 
 
+def official_checkpoint(model: DeformableDETR) -> dict:
+    """The layout the official main.py saves: the state dict and its arguments (an
+    argparse.Namespace of the settings, which carry the official names; the official code takes
+    the number of classes from its data set, so it is not among them)."""
+    args = {k: v for k, v in dataclasses.asdict(model.config).items() if k not in ("num_classes", "backbone_from_scratch")}
+    if model.config.backbone_from_scratch:
+        args["backbone_from_scratch"] = True  # not official, but needed to rebuild the model
+    return {"model": model.state_dict(), "args": argparse.Namespace(**args)}
+
+
 FAMILY = ckpt.register_family(ckpt.Family(
     name="deformable_detr",
     marker="transformer.level_embed",
@@ -261,5 +273,6 @@ FAMILY = ckpt.register_family(ckpt.Family(
     infer=lambda state, given: config_from_state_dict(state, nheads=given.get("nheads", 8), known=given),
     assumed=_assumed_settings,
     build=lambda **settings: build_deformable_detr(make_config("multi_scale", **settings)),
+    official_layout=official_checkpoint,
     exclude_from_args=("num_classes",),  # official args do not hold it: the head tells
 ))

@@ -3,7 +3,7 @@ pure-PyTorch reference.
 
 Shapes follow the official implementation:
     value               (N, S, M, D)     S = sum of H*W over the L levels
-    spatial_shapes      (L, 2) int64     (H, W) of each level
+    spatial_shapes      (L, 2) int64     (H, W) of each level; or a list of L (H, W) pairs
     level_start_index   (L,)   int64     offset of each level in S
     sampling_locations  (N, Lq, M, L, P, 2) normalised (x, y), 0..1 spans the map
     attention_weights   (N, Lq, M, L, P)
@@ -23,7 +23,8 @@ from torch import Tensor
 
 from deformdetr._native import _C, cuda_stream_of, dense, num_threads, on_device_of
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference", "check_level_geometry"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference", "reference_in_use",
+           "spatial_shapes_tensor", "check_level_geometry"]
 
 _16_BIT = (torch.float16, torch.bfloat16)
 
@@ -177,9 +178,14 @@ def use_reference(enabled: bool = True):
         _state.reference = previous
 
 
+def reference_in_use() -> bool:
+    """Whether ``ms_deform_attn`` runs the reference here (inside ``use_reference()``)."""
+    return getattr(_state, "reference", False)
+
+
 def ms_deform_attn(
     value: Tensor,
-    spatial_shapes: Tensor,
+    spatial_shapes,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
@@ -188,7 +194,7 @@ def ms_deform_attn(
 
     Runs the native kernels (CPU: float32/float64; CUDA: also float16/bfloat16), differentiable
     in value, sampling_locations and attention_weights. Inside ``use_reference()`` it runs
-    :func:`ms_deform_attn_reference` instead.
+    :func:`ms_deform_attn_reference` instead. ``spatial_shapes`` may be a list of (H, W) pairs.
 
     The levels must tile value: ``level_start_index`` the running sum of the levels' H*W, and
     their sum S = ``value.shape[1]``. On the CPU a violation raises ValueError. On CUDA the
@@ -198,10 +204,12 @@ def ms_deform_attn(
     :func:`check_level_geometry` on the inputs, or set the environment variable
     ``DEFORMDETR_CHECK_LEVELS=1`` to check before every call (one host synchronisation each).
     """
-    if getattr(_state, "reference", False):
+    if reference_in_use():
         return ms_deform_attn_reference(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
+    if not isinstance(spatial_shapes, Tensor):
+        spatial_shapes = spatial_shapes_tensor(spatial_shapes, value.device)
     return _ms_deform_attn_op(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
@@ -218,23 +226,35 @@ def check_level_geometry(spatial_shapes: Tensor, level_start_index: Tensor, valu
     )
 
 
+def spatial_shapes_tensor(shapes, device=None) -> Tensor:
+    """(L, 2) int64 of a list of L (H, W) pairs, built size by size: torch.as_tensor would bake
+    the values of sizes that torch.export traces symbolically into the exported graph."""
+    return torch.stack([torch.stack([torch.scalar_tensor(size, dtype=torch.int64, device=device) for size in shape])
+                        for shape in shapes])
+
+
 def ms_deform_attn_reference(
     value: Tensor,
-    spatial_shapes: Tensor,
+    spatial_shapes,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """The same maths in plain PyTorch with ``grid_sample``: slow, but obviously right."""
+    """The same maths in plain PyTorch with ``grid_sample``: slow, but obviously right.
+
+    ``spatial_shapes`` given as a list of (H, W) pairs is used as it is: sizes that torch.export
+    traces symbolically stay symbolic (a tensor's values would be baked in), so the exported
+    graph serves any image size."""
     _check_ranks(value, sampling_locations)
     batch, _, heads, channels = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    level_sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    per_level_value = value.split(level_sizes, dim=1)
+    if isinstance(spatial_shapes, Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    per_level_value = value.split([h * w for h, w in spatial_shapes], dim=1)
     # grid_sample's grid spans [-1, 1]; with align_corners=False, -1 is the left edge of pixel 0.
     grids = 2 * sampling_locations - 1
     sampled = []
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+    for level, (height, width) in enumerate(spatial_shapes):
         level_value = (
             per_level_value[level].permute(0, 2, 3, 1).reshape(batch * heads, channels, height, width)
         )

@@ -262,4 +262,5 @@ FAMILY = ckpt.register_family(ckpt.Family(
         state, nheads=given.get("nheads", 8), group_num=given.get("group_num", 11), known=given),
     assumed=_assumed_settings,
     build=lambda **settings: build_monodetr(make_monodetr_config(**settings)),
+    official_layout=lambda model: {"model_state": model.state_dict()},  # as the official trainer saves it
 ))
