@@ -76,11 +76,10 @@ void bench_matcher_image(int64_t queries, int64_t classes, int64_t targets, int 
   });
   const int64_t sizes[1] = {targets};
   std::vector<int64_t> query_ind((size_t)targets), target_ind((size_t)targets);
-  const double match_ms = best_ms(repeats, [&] {
-    deformdetr::hungarian_match(deformdetr::MatcherDims{1, queries, classes}, logits.data(),
-                                pred.data(), sizes, labels.data(), target_boxes.data(), weights,
-                                query_ind.data(), target_ind.data(), 1);
-  });
+  const deformdetr::HungarianMatchArgs<float> image{
+      {1, queries, classes}, logits.data(), pred.data(), sizes, labels.data(),
+      target_boxes.data(),   weights,       query_ind.data(), target_ind.data()};
+  const double match_ms = best_ms(repeats, [&] { deformdetr::hungarian_match(image, 1); });
   std::printf("matcher image Q=%lld C=%lld T=%lld: cost %.4f ms, cost + solve %.4f ms\n",
               (long long)queries, (long long)classes, (long long)targets, cost_ms, match_ms);
 }

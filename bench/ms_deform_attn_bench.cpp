@@ -57,8 +57,8 @@ Problem<T> make_problem(int64_t batch, int64_t queries /* 0: encoder */) {
       float ref_x = uniform(rng), ref_y = uniform(rng);
       if (encoder) {  // the centre of the query's own pixel
         int64_t level = 0, pos = q;
-        while (pos >= kLevels[level][0] * kLevels[level][1])
-          pos -= kLevels[level][0] * kLevels[level++][1];
+        for (; pos >= kLevels[level][0] * kLevels[level][1]; ++level)
+          pos -= kLevels[level][0] * kLevels[level][1];
         ref_x = (pos % kLevels[level][1] + 0.5f) / kLevels[level][1];
         ref_y = (pos / kLevels[level][1] + 0.5f) / kLevels[level][0];
       }
@@ -94,18 +94,16 @@ double median_ms(int repeat, F&& fn) {
 template <typename T>
 void run(const char* name, int64_t batch, int64_t queries, int threads, int repeat) {
   Problem<T> pr = make_problem<T>(batch, queries);
-  const double fwd = median_ms(repeat, [&] {
-    deformdetr::ms_deform_attn_forward_cpu<T>(pr.dims, pr.value.data(), pr.shapes.data(),
-                                              pr.starts.data(), pr.locations.data(),
-                                              pr.weights.data(), pr.output.data(), threads);
-  });
+  const deformdetr::MsDeformAttnInputs<T> inputs{pr.dims,         pr.value.data(),
+                                                 pr.shapes.data(),  pr.starts.data(),
+                                                 pr.locations.data(), pr.weights.data()};
+  const deformdetr::MsDeformAttnForwardArgs<T> forward{inputs, pr.output.data()};
   // The gradient of the output is the output itself: any dense tensor of the right shape does.
-  const double bwd = median_ms(repeat, [&] {
-    deformdetr::ms_deform_attn_backward_cpu<T>(
-        pr.dims, pr.value.data(), pr.shapes.data(), pr.starts.data(), pr.locations.data(),
-        pr.weights.data(), pr.output.data(), pr.grad_value.data(), pr.grad_locations.data(),
-        pr.grad_weights.data(), threads);
-  });
+  const deformdetr::MsDeformAttnBackwardArgs<T> backward{
+      inputs, pr.output.data(), pr.grad_value.data(), pr.grad_locations.data(),
+      pr.grad_weights.data()};
+  const double fwd = median_ms(repeat, [&] { deformdetr::ms_deform_attn_cpu(forward, threads); });
+  const double bwd = median_ms(repeat, [&] { deformdetr::ms_deform_attn_cpu(backward, threads); });
   std::printf("%-16s Lq=%-6lld forward %9.2f ms   backward %9.2f ms\n", name,
               (long long)pr.dims.queries, fwd, bwd);
 }

@@ -13,31 +13,14 @@ Needs the official checkout and torchvision, as bench/official_parity.py does (s
 """
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from deformdetr.bench import image_size, median_seconds  # noqa: E402
 import official_parity  # noqa: E402  (the same official-code import and weight perturbation)
-
-
-def parse_size(text):
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
-
-
-def timed(run, repeat):
-    """Median seconds over `repeat` calls, after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def summed_outputs(out):
@@ -80,7 +63,7 @@ def main():
         torch.save({"model": official.state_dict(), "args": args}, path)
         ours = load_checkpoint(path)
 
-    height, width = parse_size(opt.size)
+    height, width = image_size(opt.size)
     images = torch.randn(opt.batch, 3, height, width, generator=torch.Generator().manual_seed(2))
     mask = torch.zeros(opt.batch, height, width, dtype=torch.bool)
     samples = omisc.NestedTensor(images, mask)
@@ -97,7 +80,7 @@ def main():
 
     rows = []
     with torch.no_grad():
-        rows.append(("inference", timed(run_official, opt.repeat), timed(run_ours, opt.repeat)))
+        rows.append(("inference", median_seconds(run_official, opt.repeat), median_seconds(run_ours, opt.repeat)))
     if not opt.no_train:
         # Train mode with dropout off on both sides: the same work, without random masks.
         for model in (official, ours):
@@ -107,8 +90,8 @@ def main():
                     module.p = 0.0
         rows.append((
             "training step (fwd+bwd)",
-            timed(training_step(official, run_official), opt.repeat),
-            timed(training_step(ours, run_ours), opt.repeat),
+            median_seconds(training_step(official, run_official), opt.repeat),
+            median_seconds(training_step(ours, run_ours), opt.repeat),
         ))
 
     print(f"| {'':24s} | official s | deformdetr s | speed-up |")

@@ -13,6 +13,21 @@ def test_info_reports_the_build(capsys):
     assert "deformdetr 0.1.0" in out and "CUDA kernels compiled" in out
 
 
+@pytest.mark.parametrize("driver,too_old", [(12040, True), (13000, False), (0, False)])
+def test_info_says_which_driver_the_cuda_kernels_need(capsys, monkeypatch, driver, too_old):
+    from deformdetr._native import _C
+
+    if not _C.cuda_compiled:
+        pytest.skip("a CPU-only build: no CUDA runtime, nothing asked of the driver")
+    monkeypatch.setattr(_C, "cuda_runtime_version", 13000)
+    monkeypatch.setattr(_C, "cuda_minimum_driver_branch", 580)
+    monkeypatch.setattr(_C, "cuda_driver_version", lambda: driver)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA runtime of the kernels: 13.0" in out and "R580 or newer" in out
+    assert ("too old" in out and "/usr/local/cuda-12.4/bin/nvcc" in out) == too_old
+
+
 def test_bench_attention_prints_speedups(capsys, monkeypatch):
     # Shrink the standard shapes so the test stays fast; the code path is the real one.
     import deformdetr.bench.ms_deform_attn as bench
@@ -212,3 +227,55 @@ def test_the_3d_demo_trains_evaluates_and_draws(tmp_path, capsys):
     assert lines[-1].startswith("demo done in") and ": Car_3d_moderate_R40 " in lines[-1]
     assert sorted(p.name for p in (out / "predictions").glob("*.png")) == ["000004.png", "000005.png"]
     assert sorted(p.name for p in (out / "predictions" / "kitti_results").iterdir()) == ["000004.txt", "000005.txt"]
+
+
+def test_bench_model_times_the_model_and_accounts_for_its_parts(capsys):
+    assert main(["bench", "model", "--size", "64x96", "--variant", "single_scale", "--repeat", "1",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| inference |" in out and "| training step |" in out
+    assert main(["bench", "model", "--size", "64x96", "--repeat", "1", "--threads", "1", "--parts"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"backbone", "input projections", "encoder", "decoder", "heads"} <= set(rows)
+    assert all("nan" not in rows[part] for part in ("backbone", "input projections", "encoder", "decoder", "heads"))
+
+
+def test_convert_to_hf_then_predict_and_eval_take_the_folder(tmp_path, capsys):
+    """A Hugging Face folder serves predict (its id2label names the detections) and eval (its
+    config.json gives the model, whatever the preset)."""
+    import json
+
+    import torch
+    from PIL import Image
+
+    from deformdetr.data import generate_synthetic_coco
+    from deformdetr.models import deformable_detr
+
+    pytest.importorskip("safetensors", reason="the Hugging Face format needs the [interop] extra (safetensors)")
+    names = {i: f"shape{i}" for i in range(7)}  # the synthetic set's ids run to 6
+    model = deformable_detr("box_refine", num_classes=7, backbone="resnet18", hidden_dim=64, nheads=2,
+                            enc_layers=1, dec_layers=2, dim_feedforward=32, num_queries=6, pretrained_backbone=False)
+    ours = tmp_path / "ours.pth"
+    torch.save({"model": model.state_dict(), "args": vars(model.config).copy(),
+                "class_names": names}, ours)
+    folder = tmp_path / "hf"
+    assert main(["convert", str(ours), str(folder), "--to", "hf"]) == 0
+    assert f"a Hugging Face transformers folder (config.json, model.safetensors) in {folder}" in capsys.readouterr().out
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(folder), str(tmp_path / "red.png"), "--output-dir", str(out),
+                 "--threshold", "0", "--device", "cpu"]) == 0
+    found = {d["name"] for d in json.load(open(out / "predictions.json"))[0]["detections"]}
+    assert found == set(names.values())
+    generate_synthetic_coco(tmp_path / "data", num_train=2, num_val=2, image_size=48, seed=1)
+    metrics = tmp_path / "metrics.json"
+    assert main(["eval", "--config", "demo_synthetic", "--checkpoint", str(folder), "--json", str(metrics),
+                 f"data.root={tmp_path / 'data'}", "data.val_size=48", "data.max_size=64", "data.num_workers=0",
+                 "train.batch_size=2", "device=cpu"]) == 0
+    assert "AP50" in json.load(open(metrics))
+
+
+def test_a_folder_that_is_not_a_hf_model_is_one_line(tmp_path, capsys):
+    assert main(["predict", "--checkpoint", str(tmp_path), str(tmp_path)]) == 2
+    assert "is a folder but not a Hugging Face model: it has no config.json" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 #include <sstream>
 
 #include "deformdetr/boxes.h"
+#include "dispatch.h"
 #include "validation.h"
 
 namespace deformdetr::bindings {
@@ -19,7 +20,7 @@ ArgInfo check_boxes(const char* name, const ConstArray& boxes, bool rows_only) {
   if (a.shape.empty() || a.shape.back() != 4)
     fail_value(std::string(name) + " must have a last dimension of 4 box coordinates, got shape " +
                a.shape_str());
-  check_dtype(a, {DType::float32, DType::float64});
+  check_dtype(a, CpuFloats());
   check_contiguous(a);
   return a;
 }
@@ -50,83 +51,56 @@ void check_not_degenerate(const ArgInfo& boxes) {
 
 enum class Conversion { cxcywh_to_xyxy, xyxy_to_cxcywh };
 
-void convert(const ConstArray& boxes, nb::ndarray<> out, Conversion conversion,
-             int num_threads) {
+template <Conversion conversion>
+void convert(const ConstArray& boxes, nb::ndarray<> out, int num_threads) {
   const ArgInfo in = check_boxes("boxes", boxes, false);
   check_result("out", out, in, in.shape);
   const int64_t count = in.numel() / 4;
   nb::gil_scoped_release release;
-  if (in.dtype == DType::float32) {
-    auto fn = conversion == Conversion::cxcywh_to_xyxy ? box_cxcywh_to_xyxy<float>
-                                                        : box_xyxy_to_cxcywh<float>;
-    fn(static_cast<const float*>(in.data), count, static_cast<float*>(out.data()), num_threads);
-  } else {
-    auto fn = conversion == Conversion::cxcywh_to_xyxy ? box_cxcywh_to_xyxy<double>
-                                                        : box_xyxy_to_cxcywh<double>;
-    fn(static_cast<const double*>(in.data), count, static_cast<double*>(out.data()),
-       num_threads);
-  }
+  dispatch(in.dtype, CpuFloats(), [&](auto type) {
+    using T = typename decltype(type)::type;
+    const auto kernel = conversion == Conversion::cxcywh_to_xyxy ? box_cxcywh_to_xyxy<T>
+                                                                 : box_xyxy_to_cxcywh<T>;
+    kernel(static_cast<const T*>(in.data), count, static_cast<T*>(out.data()), num_threads);
+  });
 }
 
+template <bool generalized>
 void pairwise(const ConstArray& boxes1, const ConstArray& boxes2, nb::ndarray<> out,
-              bool generalized, int num_threads) {
+              int num_threads) {
   const ArgInfo a = check_boxes("boxes1", boxes1, true);
   const ArgInfo b = check_boxes("boxes2", boxes2, true);
   check_same_dtype(b, a);
   check_result("out", out, a, {a.dim(0), b.dim(0)});
-  if (generalized) {
-    if (a.dtype == DType::float32) {
-      check_not_degenerate<float>(a);
-      check_not_degenerate<float>(b);
-    } else {
-      check_not_degenerate<double>(a);
-      check_not_degenerate<double>(b);
+  dispatch(a.dtype, CpuFloats(), [&](auto type) {
+    using T = typename decltype(type)::type;
+    if (generalized) {
+      check_not_degenerate<T>(a);
+      check_not_degenerate<T>(b);
     }
-  }
-  nb::gil_scoped_release release;
-  if (a.dtype == DType::float32) {
-    auto fn = generalized ? generalized_box_iou<float> : box_iou<float>;
-    fn(static_cast<const float*>(a.data), a.dim(0), static_cast<const float*>(b.data), b.dim(0),
-       static_cast<float*>(out.data()), num_threads);
-  } else {
-    auto fn = generalized ? generalized_box_iou<double> : box_iou<double>;
-    fn(static_cast<const double*>(a.data), a.dim(0), static_cast<const double*>(b.data),
-       b.dim(0), static_cast<double*>(out.data()), num_threads);
-  }
+    nb::gil_scoped_release release;
+    const auto kernel = generalized ? generalized_box_iou<T> : box_iou<T>;
+    kernel(static_cast<const T*>(a.data), a.dim(0), static_cast<const T*>(b.data), b.dim(0),
+           static_cast<T*>(out.data()), num_threads);
+  });
 }
 
 }  // namespace
 
 void register_boxes(nb::module_& m) {
-  m.def(
-      "box_cxcywh_to_xyxy",
-      [](const ConstArray& boxes, nb::ndarray<> out, int num_threads) {
-        convert(boxes, out, Conversion::cxcywh_to_xyxy, num_threads);
-      },
-      nb::arg("boxes"), nb::arg("out"), nb::arg("num_threads") = 0,
-      "Writes the (x0, y0, x1, y1) form of (..., 4) (cx, cy, w, h) boxes into out.");
-  m.def(
-      "box_xyxy_to_cxcywh",
-      [](const ConstArray& boxes, nb::ndarray<> out, int num_threads) {
-        convert(boxes, out, Conversion::xyxy_to_cxcywh, num_threads);
-      },
-      nb::arg("boxes"), nb::arg("out"), nb::arg("num_threads") = 0,
-      "Writes the (cx, cy, w, h) form of (..., 4) (x0, y0, x1, y1) boxes into out.");
-  m.def(
-      "box_iou",
-      [](const ConstArray& boxes1, const ConstArray& boxes2, nb::ndarray<> out, int num_threads) {
-        pairwise(boxes1, boxes2, out, false, num_threads);
-      },
-      nb::arg("boxes1"), nb::arg("boxes2"), nb::arg("out"), nb::arg("num_threads") = 0,
-      "Writes the (N, M) IoU of xyxy boxes1 (N, 4) and boxes2 (M, 4) into out.");
-  m.def(
-      "generalized_box_iou",
-      [](const ConstArray& boxes1, const ConstArray& boxes2, nb::ndarray<> out, int num_threads) {
-        pairwise(boxes1, boxes2, out, true, num_threads);
-      },
-      nb::arg("boxes1"), nb::arg("boxes2"), nb::arg("out"), nb::arg("num_threads") = 0,
-      "Writes the (N, M) generalized IoU of xyxy boxes1 (N, 4) and boxes2 (M, 4) into out; "
-      "raises ValueError for a degenerate box (x1 < x0 or y1 < y0).");
+  m.def("box_cxcywh_to_xyxy", &convert<Conversion::cxcywh_to_xyxy>, nb::arg("boxes"),
+        nb::arg("out"), nb::arg("num_threads") = 0,
+        "Writes the (x0, y0, x1, y1) form of (..., 4) (cx, cy, w, h) boxes into out.");
+  m.def("box_xyxy_to_cxcywh", &convert<Conversion::xyxy_to_cxcywh>, nb::arg("boxes"),
+        nb::arg("out"), nb::arg("num_threads") = 0,
+        "Writes the (cx, cy, w, h) form of (..., 4) (x0, y0, x1, y1) boxes into out.");
+  m.def("box_iou", &pairwise<false>, nb::arg("boxes1"), nb::arg("boxes2"), nb::arg("out"),
+        nb::arg("num_threads") = 0,
+        "Writes the (N, M) IoU of xyxy boxes1 (N, 4) and boxes2 (M, 4) into out.");
+  m.def("generalized_box_iou", &pairwise<true>, nb::arg("boxes1"), nb::arg("boxes2"),
+        nb::arg("out"), nb::arg("num_threads") = 0,
+        "Writes the (N, M) generalized IoU of xyxy boxes1 (N, 4) and boxes2 (M, 4) into out; "
+        "raises ValueError for a degenerate box (x1 < x0 or y1 < y0).");
 }
 
 }  // namespace deformdetr::bindings

@@ -7,6 +7,7 @@
 #include "deformdetr/boxes.h"
 #include "deformdetr/hungarian.h"
 #include "deformdetr/matcher.h"
+#include "dispatch.h"
 #include "validation.h"
 
 namespace deformdetr::bindings {
@@ -30,7 +31,7 @@ ArgInfo check_cost(const char* name, const ConstArray& cost) {
   ArgInfo a = ArgInfo::of(name, cost);
   check_cpu(a, kCpuOnly);
   check_rank(a, 2, "(rows, cols)");
-  check_dtype(a, {DType::float32, DType::float64});
+  check_dtype(a, CpuFloats());
   return a;
 }
 
@@ -61,7 +62,8 @@ void solve(const ConstArray& cost, bool maximize, nb::ndarray<> row_ind, nb::nda
   const int64_t k = assignment_size(c.dim(0), c.dim(1));
   check_index_output("row_ind", row_ind, k);
   check_index_output("col_ind", col_ind, k);
-  const AssignmentProblem p = problem_of(c, row_ind, col_ind, 0);
+  auto* rows_out = static_cast<int64_t*>(row_ind.data());
+  auto* cols_out = static_cast<int64_t*>(col_ind.data());
   AssignmentStatus status;
   {
     // Only large problems are worth the release: a 300x7 solve takes about as long as the
@@ -69,13 +71,11 @@ void solve(const ConstArray& cost, bool maximize, nb::ndarray<> row_ind, nb::nda
     const bool release = c.dim(0) * c.dim(1) >= 4096;
     std::optional<nb::gil_scoped_release> unlocked;
     if (release) unlocked.emplace();
-    status = p.type == CostType::float32
-                 ? linear_sum_assignment(static_cast<const float*>(p.cost), p.rows, p.cols,
-                                         p.row_stride, p.col_stride, maximize, p.row_ind,
-                                         p.col_ind)
-                 : linear_sum_assignment(static_cast<const double*>(p.cost), p.rows, p.cols,
-                                         p.row_stride, p.col_stride, maximize, p.row_ind,
-                                         p.col_ind);
+    status = dispatch(c.dtype, CpuFloats(), [&](auto type) {
+      using T = typename decltype(type)::type;
+      return linear_sum_assignment(static_cast<const T*>(c.data), c.dim(0), c.dim(1),
+                                   c.strides[0], c.strides[1], maximize, rows_out, cols_out);
+    });
   }
   raise_for_status(status, "");
 }
@@ -169,7 +169,7 @@ MatchArgs check_match_inputs(const ConstArray& logits, const ConstArray& pred_bo
   check_rank(a.target_sizes, 1, "(B,)");
   check_rank(a.target_labels, 1, "(S,)");
   check_rank(a.target_boxes, 2, "(S, 4)");
-  check_dtype(a.logits, {DType::float32, DType::float64});
+  check_dtype(a.logits, CpuFloats());
   check_same_dtype(a.pred_boxes, a.logits);
   check_same_dtype(a.target_boxes, a.logits);
   check_dtype(a.target_sizes, {DType::int64});
@@ -201,13 +201,11 @@ MatchArgs check_match_inputs(const ConstArray& logits, const ConstArray& pred_bo
     fail_value("pred_logits has shape " + a.logits.shape_str() +
                ": there are targets but no classes to score them");
   check_labels(a);
-  if (a.logits.dtype == DType::float32) {
-    check_boxes<float>(a.pred_boxes, d.batch * d.queries);
-    check_boxes<float>(a.target_boxes, total);
-  } else {
-    check_boxes<double>(a.pred_boxes, d.batch * d.queries);
-    check_boxes<double>(a.target_boxes, total);
-  }
+  dispatch(a.logits.dtype, CpuFloats(), [&](auto type) {
+    using T = typename decltype(type)::type;
+    check_boxes<T>(a.pred_boxes, d.batch * d.queries);
+    check_boxes<T>(a.target_boxes, total);
+  });
   return a;
 }
 
@@ -220,23 +218,22 @@ void match(const ConstArray& logits, const ConstArray& pred_boxes, const ConstAr
   check_index_output("query_ind", query_ind, a.pairs);
   check_index_output("target_ind", target_ind, a.pairs);
   const MatcherWeights weights{cost_class, cost_bbox, cost_giou, focal_alpha};
-  const auto* sizes = static_cast<const int64_t*>(a.target_sizes.data);
-  const auto* labels = static_cast<const int64_t*>(a.target_labels.data);
-  auto* queries_out = static_cast<int64_t*>(query_ind.data());
-  auto* targets_out = static_cast<int64_t*>(target_ind.data());
   std::vector<AssignmentStatus> status;
   {
     nb::gil_scoped_release release;
-    if (a.logits.dtype == DType::float32)
-      status = hungarian_match(a.dims, static_cast<const float*>(a.logits.data),
-                               static_cast<const float*>(a.pred_boxes.data), sizes, labels,
-                               static_cast<const float*>(a.target_boxes.data), weights,
-                               queries_out, targets_out, num_threads);
-    else
-      status = hungarian_match(a.dims, static_cast<const double*>(a.logits.data),
-                               static_cast<const double*>(a.pred_boxes.data), sizes, labels,
-                               static_cast<const double*>(a.target_boxes.data), weights,
-                               queries_out, targets_out, num_threads);
+    status = dispatch(a.logits.dtype, CpuFloats(), [&](auto type) {
+      using T = typename decltype(type)::type;
+      const HungarianMatchArgs<T> args{a.dims,
+                                       static_cast<const T*>(a.logits.data),
+                                       static_cast<const T*>(a.pred_boxes.data),
+                                       static_cast<const int64_t*>(a.target_sizes.data),
+                                       static_cast<const int64_t*>(a.target_labels.data),
+                                       static_cast<const T*>(a.target_boxes.data),
+                                       weights,
+                                       static_cast<int64_t*>(query_ind.data()),
+                                       static_cast<int64_t*>(target_ind.data())};
+      return hungarian_match(args, num_threads);
+    });
   }
   for (size_t b = 0; b < status.size(); ++b)
     raise_for_status(status[b], "image " + std::to_string(b) + ": matching cost ");

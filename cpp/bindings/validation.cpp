@@ -4,47 +4,37 @@
 
 namespace deformdetr::bindings {
 
+namespace {
+
+// Each DType with its name and its DLPack (code, bits).
+struct DTypeEntry {
+  DType dtype;
+  const char* name;
+  nb::dlpack::dtype_code code;
+  uint8_t bits;
+};
+
+using Code = nb::dlpack::dtype_code;
+constexpr DTypeEntry kDTypes[] = {
+    {DType::float16, "float16", Code::Float, 16}, {DType::bfloat16, "bfloat16", Code::Bfloat, 16},
+    {DType::float32, "float32", Code::Float, 32}, {DType::float64, "float64", Code::Float, 64},
+    {DType::int32, "int32", Code::Int, 32},       {DType::int64, "int64", Code::Int, 64},
+    {DType::uint8, "uint8", Code::UInt, 8},       {DType::boolean, "bool", Code::Bool, 8},
+};
+
+}  // namespace
+
 DType dtype_of(const nb::dlpack::dtype& dt) {
-  using code = nb::dlpack::dtype_code;
-  if (dt.lanes != 1) return DType::other;
-  if (dt.code == (uint8_t)code::Float) {
-    if (dt.bits == 16) return DType::float16;
-    if (dt.bits == 32) return DType::float32;
-    if (dt.bits == 64) return DType::float64;
-  } else if (dt.code == (uint8_t)code::Bfloat && dt.bits == 16) {
-    return DType::bfloat16;
-  } else if (dt.code == (uint8_t)code::Int) {
-    if (dt.bits == 32) return DType::int32;
-    if (dt.bits == 64) return DType::int64;
-  } else if (dt.code == (uint8_t)code::UInt && dt.bits == 8) {
-    return DType::uint8;
-  } else if (dt.code == (uint8_t)code::Bool) {
-    return DType::boolean;
-  }
+  if (dt.lanes == 1)
+    for (const DTypeEntry& e : kDTypes)
+      if (dt.code == (uint8_t)e.code && dt.bits == e.bits) return e.dtype;
   return DType::other;
 }
 
 const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::float16:
-      return "float16";
-    case DType::bfloat16:
-      return "bfloat16";
-    case DType::float32:
-      return "float32";
-    case DType::float64:
-      return "float64";
-    case DType::int32:
-      return "int32";
-    case DType::int64:
-      return "int64";
-    case DType::uint8:
-      return "uint8";
-    case DType::boolean:
-      return "bool";
-    default:
-      return "an unsupported dtype";
-  }
+  for (const DTypeEntry& e : kDTypes)
+    if (e.dtype == dtype) return e.name;
+  return "an unsupported dtype";
 }
 
 bool is_cuda(int32_t device_type) {

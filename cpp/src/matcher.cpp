@@ -59,13 +59,9 @@ void matching_cost(const T* logits, const T* pred_boxes, int64_t queries, int64_
 }
 
 template <typename T>
-std::vector<AssignmentStatus> hungarian_match(const MatcherDims& dims, const T* logits,
-                                              const T* pred_boxes, const int64_t* target_sizes,
-                                              const int64_t* target_labels,
-                                              const T* target_boxes,
-                                              const MatcherWeights& weights, int64_t* query_ind,
-                                              int64_t* target_ind, int num_threads) {
-  const int64_t B = dims.batch, Q = dims.queries, C = dims.classes;
+std::vector<AssignmentStatus> hungarian_match(const HungarianMatchArgs<T>& a, int num_threads) {
+  const int64_t B = a.dims.batch, Q = a.dims.queries, C = a.dims.classes;
+  const int64_t* target_sizes = a.target_sizes;
   std::vector<AssignmentStatus> status((size_t)B, AssignmentStatus::ok);
   std::vector<int64_t> target_offset((size_t)B + 1, 0), pair_offset((size_t)B + 1, 0);
   for (int64_t b = 0; b < B; ++b) {
@@ -83,22 +79,20 @@ std::vector<AssignmentStatus> hungarian_match(const MatcherDims& dims, const T* 
       if (targets == 0) continue;
       const int64_t first = target_offset[(size_t)b];
       cost.resize((size_t)(Q * targets));
-      matching_cost(logits + b * Q * C, pred_boxes + b * Q * 4, Q, C, target_labels + first,
-                    target_boxes + 4 * first, targets, weights, cost.data());
+      matching_cost(a.logits + b * Q * C, a.pred_boxes + b * Q * 4, Q, C, a.target_labels + first,
+                    a.target_boxes + 4 * first, targets, a.weights, cost.data());
       const int64_t out = pair_offset[(size_t)b];
       status[(size_t)b] = linear_sum_assignment(cost.data(), Q, targets, targets, 1, false,
-                                                query_ind + out, target_ind + out, workspace);
+                                                a.query_ind + out, a.target_ind + out, workspace);
     }
   });
   return status;
 }
 
-#define DEFORMDETR_INSTANTIATE_MATCHER(T)                                                      \
-  template void matching_cost<T>(const T*, const T*, int64_t, int64_t, const int64_t*,         \
-                                 const T*, int64_t, const MatcherWeights&, double*);           \
-  template std::vector<AssignmentStatus> hungarian_match<T>(                                   \
-      const MatcherDims&, const T*, const T*, const int64_t*, const int64_t*, const T*,        \
-      const MatcherWeights&, int64_t*, int64_t*, int);
+#define DEFORMDETR_INSTANTIATE_MATCHER(T)                                              \
+  template void matching_cost<T>(const T*, const T*, int64_t, int64_t, const int64_t*, \
+                                 const T*, int64_t, const MatcherWeights&, double*);   \
+  template std::vector<AssignmentStatus> hungarian_match<T>(const HungarianMatchArgs<T>&, int);
 DEFORMDETR_INSTANTIATE_MATCHER(float)
 DEFORMDETR_INSTANTIATE_MATCHER(double)
 #undef DEFORMDETR_INSTANTIATE_MATCHER

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 try:
     from deformdetr import _C  # noqa: F401
 except ImportError as error:  # pragma: no cover - only on a broken install
@@ -29,7 +31,28 @@ def num_threads() -> int:
 
 
 def dense(tensor):
-    """The tensor as the kernels must see it: contiguous, with its values in memory. DLPack hands
-    over raw storage, so a lazily negated or conjugated view (torch's neg/conj bits, e.g. from
-    ``z.conj().imag``) would otherwise reach the kernels with the wrong sign."""
-    return tensor.resolve_conj().resolve_neg().contiguous()
+    """The tensor as the kernels must see it: contiguous, with its values in memory, detached.
+    DLPack hands over raw storage, so a lazily negated or conjugated view (torch's neg/conj bits,
+    e.g. from ``z.conj().imag``) would otherwise reach the kernels with the wrong sign; and
+    torch's ``__dlpack__`` refuses a tensor that requires grad, after which nanobind tries again
+    and falls back to torch's legacy exporter, after two exceptions per tensor per call (no
+    slower on the CPU, bench/RESULTS.md says, but a path torch calls legacy)."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if tensor.is_conj():
+        tensor = tensor.resolve_conj()
+    if tensor.is_neg():
+        tensor = tensor.resolve_neg()
+    return tensor.contiguous()
+
+
+def on_device_of(tensor):
+    """A context in which the tensor's CUDA device is current: torch's ``__dlpack__`` exports
+    only tensors of the current device (nanobind falls back as above for the others). A no-op
+    for CPU tensors and for the current device."""
+    if tensor.device.type == "cuda":
+        import torch
+
+        if tensor.device.index != torch.cuda.current_device():
+            return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()

@@ -1,4 +1,4 @@
-"""The ``deformdetr`` command line: train, eval, predict, demo, bench, info."""
+"""The ``deformdetr`` command line: train, eval, predict, convert, export, demo, bench, info."""
 
 from __future__ import annotations
 
@@ -16,17 +16,37 @@ def _info(args) -> int:
     import torch
 
     import deformdetr
+    from deformdetr._native import _C
+
+    def cuda_version(number: int) -> str:  # CUDART_VERSION style: 12040 is 12.4
+        return f"{number // 1000}.{number % 1000 // 10}"
 
     print(f"deformdetr {deformdetr.__version__}")
-    print(f"torch {torch.__version__}; CPU threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}); "
+          f"CPU threads {torch.get_num_threads()}")
     print(f"CUDA kernels compiled: {deformdetr.cuda_compiled}; "
           f"CUDA device available: {torch.cuda.is_available()}")
+    if not deformdetr.cuda_compiled:
+        return 0
+    runtime, branch = _C.cuda_runtime_version, _C.cuda_minimum_driver_branch
+    needs = f"an NVIDIA driver R{branch} or newer" if branch else f"a driver for CUDA {cuda_version(runtime)}"
+    print(f"CUDA runtime of the kernels: {cuda_version(runtime)}, linked statically (needs {needs})")
+    driver = _C.cuda_driver_version()
+    print(f"NVIDIA driver: {'supports CUDA ' + cuda_version(driver) if driver else 'none found'}")
+    if driver and driver // 1000 < runtime // 1000:
+        print(f"The driver is too old for these kernels: update it, or rebuild deformdetr with the "
+              f"CUDA toolkit it supports, e.g. `pip install --no-build-isolation --force-reinstall . "
+              f"-Ccmake.define.CMAKE_CUDA_COMPILER=/usr/local/cuda-{cuda_version(driver)}/bin/nvcc`")
     return 0
 
 
 def _bench(args) -> int:
     if args.what == "attention":
         from deformdetr.bench.ms_deform_attn import main as bench_main
+    elif args.what == "model":
+        from deformdetr.bench.model import main as bench_main
+    elif args.what == "export":
+        from deformdetr.bench.export import main as bench_main
     else:
         from deformdetr.bench.matcher import main as bench_main
     bench_main(args.rest)
@@ -124,13 +144,44 @@ def _predict(args) -> int:
     task, model, categories = load_for_prediction(args.checkpoint)
     options = predict_option_values(task, args, args.checkpoint)
     records = task.predict_images(model, image_files(args.images), args.output_dir, resolve_device(args.device),
-                                  args.threshold, categories, batch_size=args.batch_size, **options)
+                                  args.threshold, categories, batch_size=args.batch_size, compile=args.compile,
+                                  **options)
     found = sum(len(r["detections"]) for r in records)
     print(f"{found} detections in {len(records)} images -> {os.path.join(args.output_dir, PREDICTIONS_NAME)}")
     if records.skipped:
         count = len(records.skipped)
         print(f"{count} image{'s' if count > 1 else ''} could not be read: see "
               f"{os.path.join(args.output_dir, SKIPPED_NAME)}", file=sys.stderr)
+    return 0
+
+
+def _convert(args) -> int:
+    from deformdetr.engine.convert import convert_checkpoint
+
+    print(f"wrote {convert_checkpoint(args.checkpoint, args.output, args.to)}")
+    return 0
+
+
+def _export(args) -> int:
+    from deformdetr.engine.export import DEFAULT_SIZES, export_onnx, family_name, verify_onnx
+    from deformdetr.models.checkpoint import load_checkpoint
+
+    model = load_checkpoint(args.checkpoint).eval()
+    height, width = args.size or DEFAULT_SIZES[family_name(model)]
+    started = time.time()
+    export_onnx(model, args.output, height, width, dynamic=args.dynamic, opset=args.opset)
+    shape = "any batch and image size" if args.dynamic else f"batch 1, {height}x{width}"
+    print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB, {shape}) in "
+          f"{time.time() - started:.0f} s")
+    if args.check:
+        sizes = [(1, height, width)] + ([(2, height * 3 // 4, width * 5 // 4), (3, height // 2, width // 2)]
+                                       if args.dynamic else [])
+        for result in verify_onnx(model, args.output, sizes):
+            worst = max(result["max_abs_diff"].values())
+            same = "" if "same_detections" not in result else (
+                ", same detections" if result["same_detections"] else ", DIFFERENT detections")
+            print(f"onnxruntime vs torch at batch {result['size'][0]}, {result['size'][1]}x{result['size'][2]}: "
+                  f"max |difference| {worst:.1e}{same}")
     return 0
 
 
@@ -170,6 +221,7 @@ def _demo_tasks() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from deformdetr.bench import image_size
     from deformdetr.engine.tasks import DEFAULT_TASK, add_predict_options, task_class
 
     parser = argparse.ArgumentParser(
@@ -202,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_eval)
 
     predict = commands.add_parser("predict", help="detect objects in images: JSON + PNGs with boxes")
-    predict.add_argument("--checkpoint", required=True, help="a deformdetr or official checkpoint")
+    predict.add_argument("--checkpoint", required=True,
+                         help="a deformdetr or official checkpoint, or a Hugging Face folder or hub id")
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--output-dir", default="predictions")
     predict.add_argument("--threshold", type=_threshold,
@@ -211,8 +264,30 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=positive_int, default=1,
                          help="images run together (those of one size; results as one at a time)")
+    predict.add_argument("--compile", action="store_true",
+                         help="torch.compile the model (pays off over many images)")
     add_predict_options(predict)
     predict.set_defaults(run=_predict)
+
+    convert = commands.add_parser(
+        "convert", help="write a checkpoint as a Hugging Face transformers folder or in the official layout")
+    convert.add_argument("checkpoint", help="ours, official, a Hugging Face folder or hub id")
+    convert.add_argument("output", help="the folder (--to hf) or file (--to official) to write")
+    convert.add_argument("--to", required=True, choices=["hf", "official"])
+    convert.set_defaults(run=_convert)
+
+    export = commands.add_parser(
+        "export", help="write a model as ONNX (standard operators: stock onnxruntime runs it)")
+    export.add_argument("--checkpoint", required=True, help="a deformdetr or official checkpoint, or a Hugging Face "
+                                                            "folder or hub id")
+    export.add_argument("--output", required=True, help="the .onnx file to write")
+    export.add_argument("--dynamic", action="store_true", help="one file for any batch size and image size")
+    export.add_argument("--size", type=image_size, help="HEIGHTxWIDTH of the example input (the fixed size without "
+                                                   "--dynamic); default 800x1066 (MonoDETR 384x1280)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (16 or later)")
+    export.add_argument("--check", action="store_true",
+                        help="then compare onnxruntime's outputs with torch's (at two more sizes with --dynamic)")
+    export.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="synthetic data -> train on CPU -> evaluate -> pictures")
     demo.add_argument("--task", choices=_demo_tasks(), default=DEFAULT_TASK,
@@ -234,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare the speed of the native core with reference implementations",
         description="Extra arguments go to the benchmark, e.g. `deformdetr bench attention --batch 2`.",
     )
-    bench.add_argument("what", nargs="?", default="attention", choices=["attention", "matcher"])
+    bench.add_argument("what", nargs="?", default="attention", choices=["attention", "matcher", "model", "export"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
     return parser
@@ -267,9 +342,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"\ndeformdetr {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ArithmeticError) as error:
+    except (ValueError, OSError, ArithmeticError, ImportError) as error:
         # What users meet (bad settings, data, checkpoints, paths, full disks, a diverged
-        # training) arrives as one of these: a message, not a traceback, unless asked for.
+        # training, an optional extra not installed) arrives as one of these: a message, not a
+        # traceback, unless asked for.
         if os.environ.get("DEFORMDETR_TRACEBACK"):
             raise
         print(f"deformdetr {args.command}: error: {error}", file=sys.stderr)

@@ -3,8 +3,14 @@
 import pytest
 import torch
 
+import importlib
+
 import deformdetr
-from deformdetr.ops import ms_deform_attn, ms_deform_attn_reference, use_reference
+from deformdetr._native import dense
+from deformdetr.ops import (check_level_geometry, ms_deform_attn, ms_deform_attn_reference, spatial_shapes_tensor,
+                            use_reference)
+
+attn_module = importlib.import_module("deformdetr.ops.ms_deform_attn")  # the op's module
 
 
 def make_inputs(
@@ -128,6 +134,29 @@ def test_non_finite_locations_contribute_nothing():
     torch.testing.assert_close(grads[2][~bad], clean_grads[2][~bad], atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_points_outside_with_non_finite_weights_get_zero_gradients(device):
+    # A point with no corner inside contributes nothing, so its location and weight gradients are
+    # 0 even when its attention weight is inf or NaN (0 * inf would be NaN).
+    value, shapes, starts, locations, weights = make_inputs(queries=4)
+    outside = torch.zeros(locations.shape[:-1], dtype=torch.bool)
+    outside[..., 0] = True  # the first point of every level
+    locations, weights = locations.clone(), weights.clone()
+    locations[outside] = 3.0
+    non_finite = torch.tensor([float("inf"), float("nan"), -float("inf")], dtype=weights.dtype)
+    weights[outside] = non_finite.repeat(int(outside.sum()) // 3 + 1)[: int(outside.sum())]
+    inputs = [t.to(device) for t in (value, shapes, starts, locations, weights)]
+    out, grads = run(ms_deform_attn, inputs)
+    assert torch.isfinite(out).all() and torch.isfinite(grads[0]).all()
+    assert grads[1].cpu()[outside].abs().max() == 0
+    assert grads[2].cpu()[outside].abs().max() == 0
+    clean_out, clean_grads = run(ms_deform_attn, (value, shapes, starts, locations,
+                                                  weights.masked_fill(outside, 0)))
+    torch.testing.assert_close(out.cpu(), clean_out, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grads[2].cpu()[~outside], clean_grads[2][~outside], atol=1e-12,
+                               rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -210,6 +239,16 @@ def test_use_reference_switches_implementation(monkeypatch):
     with use_reference():
         ms_deform_attn(*inputs)
     assert calls == [1]
+
+
+def test_spatial_shapes_as_a_list_of_sizes_give_the_same_results():
+    """Sizes as Python ints are what torch.export traces symbolically; both ops take them."""
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs()
+    sizes = [tuple(shape) for shape in spatial_shapes.tolist()]
+    assert torch.equal(spatial_shapes_tensor(sizes), spatial_shapes)
+    for fn in (ms_deform_attn, ms_deform_attn_reference):
+        expected = fn(value, spatial_shapes, level_start_index, locations, weights)
+        assert torch.equal(fn(value, sizes, level_start_index, locations, weights), expected)
 
 
 def test_autocast_cpu_runs_in_float32():
@@ -330,6 +369,71 @@ def test_nondeterministic_cuda_backward_honours_use_deterministic_algorithms():
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
+# Levels that do not tile value: overlapping, leaving a gap, past its end, too short, empty.
+_BAD_LEVELS = [
+    (((6, 5), (3, 4), (2, 1)), (0, 20, 42), 44),
+    (((6, 5), (3, 4), (2, 1)), (0, 31, 42), 44),
+    (((6, 5), (3, 4), (2, 1)), (0, 30, 42), 43),
+    (((6, 5), (3, 4), (2, 1)), (0, 30, 42), 45),
+    (((6, 5), (3, 0), (2, 1)), (0, 30, 30), 32),
+    (((6, 5), (3, 4), (2**32, 2**32)), (0, 30, 42), 42),
+]
+
+
+@pytest.mark.parametrize("shapes,starts,value_len", _BAD_LEVELS)
+def test_check_level_geometry_raises_what_the_cpu_kernels_raise(shapes, starts, value_len):
+    # The opt-in check for CUDA inputs, whose kernels do not check the geometry: the same error
+    # as the CPU path, which always checks.
+    spatial_shapes, level_start_index = torch.tensor(shapes), torch.tensor(starts)
+    _, _, _, locations, weights = make_inputs(shapes=((6, 5), (3, 4), (2, 1)))
+    value = torch.randn(2, value_len, 3, 7, dtype=torch.float64)
+    with pytest.raises(ValueError) as kernel_error:
+        ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+    with pytest.raises(ValueError) as check_error:
+        check_level_geometry(spatial_shapes, level_start_index, value_len)
+    assert str(check_error.value) == str(kernel_error.value)
+
+
+def test_check_level_geometry_accepts_levels_that_tile_value():
+    value, shapes, starts, _, _ = make_inputs()
+    check_level_geometry(shapes, starts, value.shape[1])
+    with pytest.raises(TypeError, match="spatial_shapes must be int64"):
+        check_level_geometry(shapes.int(), starts, value.shape[1])
+
+
+@pytest.mark.parametrize("requested", [False, True])
+def test_check_levels_environment_variable_checks_before_every_call(monkeypatch, requested):
+    checked = []
+
+    def record(spatial_shapes, level_start_index, value_len):
+        checked.append((spatial_shapes.tolist(), level_start_index.tolist(), value_len))
+
+    monkeypatch.setattr(attn_module, "check_level_geometry", record)
+    if requested:
+        monkeypatch.setenv(attn_module.CHECK_LEVELS_ENV, "1")
+    else:
+        monkeypatch.delenv(attn_module.CHECK_LEVELS_ENV, raising=False)
+    value, shapes, starts, locations, weights = make_inputs()
+    ms_deform_attn(value, shapes, starts, locations, weights)
+    ms_deform_attn(value, shapes, starts, locations, weights)
+    expected = [(shapes.tolist(), starts.tolist(), value.shape[1])] * 2
+    assert checked == (expected if requested else [])
+
+
+@pytest.mark.parametrize("view", ["requires_grad", "conj", "neg", "transposed"])
+def test_dense_tensors_export_through_dlpack_as_they_read(view):
+    # torch's __dlpack__ refuses tensors that require grad (nanobind then falls back after two
+    # exceptions per tensor) and would hand over conjugated/negated views' raw storage.
+    tensor = {
+        "requires_grad": torch.randn(3, 4).requires_grad_(True),
+        "conj": torch.randn(3, 4, dtype=torch.complex64).conj(),
+        "neg": torch.randn(3, 4, dtype=torch.complex64).conj().imag,  # a lazily negated view
+        "transposed": torch.randn(4, 3).t(),
+    }[view]
+    exported = torch.from_dlpack(dense(tensor).__dlpack__())
+    assert torch.equal(exported, tensor.detach().resolve_conj().resolve_neg())
+
+
 def test_cpu_backward_is_deterministic_under_use_deterministic_algorithms():
     inputs = make_inputs(requires_grad=True)
     previous = torch.are_deterministic_algorithms_enabled()
@@ -448,9 +552,11 @@ def test_cuda_gradcheck_float64():
         shapes=((3, 4), (2, 2)), heads=2, channels=3, queries=3, points=2,
         low=0.05, high=0.95, device="cuda", requires_grad=True,
     )
+    # grad_value is summed with atomic adds in no fixed order: two backward passes may differ in
+    # the last bits (a few ulp of sums of O(1) terms), which gradcheck must tolerate.
     assert torch.autograd.gradcheck(
         lambda v, l, w: ms_deform_attn(v, shapes, starts, l, w), (value, locations, weights),
-        eps=1e-6, atol=1e-5,
+        eps=1e-6, atol=1e-5, nondet_tol=1e-12,
     )
 
 

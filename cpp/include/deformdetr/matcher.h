@@ -43,13 +43,22 @@ void matching_cost(const T* logits, const T* pred_boxes, int64_t queries, int64_
                    const int64_t* target_labels, const T* target_boxes, int64_t targets,
                    const MatcherWeights& weights, double* cost);
 
+// The inputs of a batch (layouts above) and where its pairs go.
+template <typename T>
+struct HungarianMatchArgs {
+  MatcherDims dims;
+  const T* logits;
+  const T* pred_boxes;
+  const int64_t* target_sizes;
+  const int64_t* target_labels;
+  const T* target_boxes;
+  MatcherWeights weights;
+  int64_t* query_ind;
+  int64_t* target_ind;
+};
+
 // Matches every image on up to num_threads threads (<= 0: all); returns one status per image.
 template <typename T>
-std::vector<AssignmentStatus> hungarian_match(const MatcherDims& dims, const T* logits,
-                                              const T* pred_boxes, const int64_t* target_sizes,
-                                              const int64_t* target_labels,
-                                              const T* target_boxes,
-                                              const MatcherWeights& weights, int64_t* query_ind,
-                                              int64_t* target_ind, int num_threads);
+std::vector<AssignmentStatus> hungarian_match(const HungarianMatchArgs<T>& args, int num_threads);
 
 }  // namespace deformdetr

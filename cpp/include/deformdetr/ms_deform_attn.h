@@ -8,11 +8,14 @@
 //   sampling_locations  (N, Lq, M, L, P, 2), normalised (x, y) in [0, 1]
 //   attention_weights   (N, Lq, M, L, P)
 //   output              (N, Lq, M, D)
-// Sampling is bilinear with zero padding and align_corners=False: pixel x = loc_x * W - 0.5.
+// Sampling is bilinear with zero padding and align_corners=False (deformdetr/bilinear.h).
 // The caller validates shapes; kernels assume valid input.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
+
+#include "deformdetr/float16.h"
 
 namespace deformdetr {
 
@@ -26,41 +29,56 @@ struct MsDeformAttnDims {
   int64_t points;
 };
 
+// The inputs of both passes. T is float or double on the CPU; on CUDA also Float16 or BFloat16.
+// On CUDA every pointer, spatial_shapes and level_start_index included, is device memory.
+template <typename T>
+struct MsDeformAttnInputs {
+  MsDeformAttnDims dims;
+  const T* value;
+  const int64_t* spatial_shapes;
+  const int64_t* level_start_index;
+  const T* sampling_locations;
+  const T* attention_weights;
+};
+
+template <typename T>
+struct MsDeformAttnForwardArgs : MsDeformAttnInputs<T> {
+  T* output;
+};
+
+// The type grad_value is summed in: float for the 16-bit types, whose own atomic additions would
+// lose the small contributions of many points.
+template <typename T>
+struct GradValueAccum {
+  using type = typename std::conditional<
+      std::is_same<T, Float16>::value || std::is_same<T, BFloat16>::value, float, T>::type;
+};
+
+// The backward writes every element of the three gradients.
+template <typename T>
+struct MsDeformAttnBackwardArgs : MsDeformAttnInputs<T> {
+  const T* grad_output;
+  typename GradValueAccum<T>::type* grad_value;
+  T* grad_sampling_locations;
+  T* grad_attention_weights;
+};
+
+// Each pass is one overload per device; the type of its arguments says which pass it is.
+
 // ---- CPU (float, double). Multi-threaded on num_threads threads (<= 0: all).
-template <typename scalar_t>
-void ms_deform_attn_forward_cpu(const MsDeformAttnDims& dims, const scalar_t* value,
-                                const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                const scalar_t* sampling_locations,
-                                const scalar_t* attention_weights, scalar_t* output,
-                                int num_threads);
+template <typename T>
+void ms_deform_attn_cpu(const MsDeformAttnForwardArgs<T>& args, int num_threads);
+template <typename T>
+void ms_deform_attn_cpu(const MsDeformAttnBackwardArgs<T>& args, int num_threads);
 
-// Writes every element of grad_value, grad_sampling_locations and grad_attention_weights.
-template <typename scalar_t>
-void ms_deform_attn_backward_cpu(const MsDeformAttnDims& dims, const scalar_t* value,
-                                 const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                 const scalar_t* sampling_locations,
-                                 const scalar_t* attention_weights, const scalar_t* grad_output,
-                                 scalar_t* grad_value, scalar_t* grad_sampling_locations,
-                                 scalar_t* grad_attention_weights, int num_threads);
-
-// ---- CUDA. scalar_t is float, double, __half or __nv_bfloat16 (passed as void pointers with a
-// CudaDtype tag so that this header stays plain C++). Work is queued on `stream` (a cudaStream_t)
-// of GPU `device`; nothing synchronises. grad_value is accumulated in `accum_t` (float for 16-bit
-// types): the caller passes a buffer of that type and converts it. spatial_shapes and
-// level_start_index live on the device.
-enum class CudaDtype { float32, float64, float16, bfloat16 };
-
-void ms_deform_attn_forward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims, const void* value,
-                                 const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                 const void* sampling_locations, const void* attention_weights,
-                                 void* output, int device, void* stream);
-
-// grad_value_accum is float for float16/bfloat16/float32 and double for float64.
-void ms_deform_attn_backward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims, const void* value,
-                                  const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                  const void* sampling_locations, const void* attention_weights,
-                                  const void* grad_output, void* grad_value_accum,
-                                  void* grad_sampling_locations, void* grad_attention_weights,
-                                  int device, void* stream);
+// ---- CUDA (float, double, Float16, BFloat16). Work is queued on `stream` (a cudaStream_t) of
+// GPU `device`; nothing synchronises. A level whose (start, H, W) would reach outside value is
+// skipped, since reading device-side shapes on the host would synchronise; other inconsistent
+// geometry (levels that overlap or leave gaps) is computed as given, unlike on the CPU, where the
+// bindings refuse it.
+template <typename T>
+void ms_deform_attn_cuda(const MsDeformAttnForwardArgs<T>& args, int device, void* stream);
+template <typename T>
+void ms_deform_attn_cuda(const MsDeformAttnBackwardArgs<T>& args, int device, void* stream);
 
 }  // namespace deformdetr

@@ -3,14 +3,12 @@
 
 namespace deformdetr {
 
-#define DEFORMDETR_DECLARE_VARIANT(NS)                                                       \
-  namespace NS {                                                                             \
-  template <typename T>                                                                      \
-  void forward(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, const T*,  \
-               const T*, T*, int);                                                           \
-  template <typename T>                                                                      \
-  void backward(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, const T*, \
-                const T*, const T*, T*, T*, T*, int);                                        \
+#define DEFORMDETR_DECLARE_VARIANT(NS)                          \
+  namespace NS {                                                \
+  template <typename T>                                         \
+  void run(const MsDeformAttnForwardArgs<T>&, int num_threads); \
+  template <typename T>                                         \
+  void run(const MsDeformAttnBackwardArgs<T>&, int num_threads); \
   }
 DEFORMDETR_DECLARE_VARIANT(cpu_baseline)
 #ifdef DEFORMDETR_CPU_AVX2
@@ -19,6 +17,7 @@ DEFORMDETR_DECLARE_VARIANT(cpu_avx2)
 #undef DEFORMDETR_DECLARE_VARIANT
 
 namespace {
+
 bool use_avx2() {
 #ifdef DEFORMDETR_CPU_AVX2
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -27,54 +26,30 @@ bool use_avx2() {
   return false;
 #endif
 }
+
+template <typename Args>
+void run_fastest_variant(const Args& args, int num_threads) {
+#ifdef DEFORMDETR_CPU_AVX2
+  if (use_avx2()) return cpu_avx2::run(args, num_threads);
+#endif
+  cpu_baseline::run(args, num_threads);
+}
+
 }  // namespace
 
-template <typename scalar_t>
-void ms_deform_attn_forward_cpu(const MsDeformAttnDims& dims, const scalar_t* value,
-                                const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                const scalar_t* sampling_locations,
-                                const scalar_t* attention_weights, scalar_t* output,
-                                int num_threads) {
-#ifdef DEFORMDETR_CPU_AVX2
-  if (use_avx2())
-    return cpu_avx2::forward<scalar_t>(dims, value, spatial_shapes, level_start_index,
-                                       sampling_locations, attention_weights, output, num_threads);
-#endif
-  cpu_baseline::forward<scalar_t>(dims, value, spatial_shapes, level_start_index,
-                                  sampling_locations, attention_weights, output, num_threads);
+template <typename T>
+void ms_deform_attn_cpu(const MsDeformAttnForwardArgs<T>& args, int num_threads) {
+  run_fastest_variant(args, num_threads);
 }
 
-template <typename scalar_t>
-void ms_deform_attn_backward_cpu(const MsDeformAttnDims& dims, const scalar_t* value,
-                                 const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                 const scalar_t* sampling_locations,
-                                 const scalar_t* attention_weights, const scalar_t* grad_output,
-                                 scalar_t* grad_value, scalar_t* grad_sampling_locations,
-                                 scalar_t* grad_attention_weights, int num_threads) {
-#ifdef DEFORMDETR_CPU_AVX2
-  if (use_avx2())
-    return cpu_avx2::backward<scalar_t>(
-        dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        grad_output, grad_value, grad_sampling_locations, grad_attention_weights, num_threads);
-#endif
-  cpu_baseline::backward<scalar_t>(dims, value, spatial_shapes, level_start_index,
-                                   sampling_locations, attention_weights, grad_output, grad_value,
-                                   grad_sampling_locations, grad_attention_weights, num_threads);
+template <typename T>
+void ms_deform_attn_cpu(const MsDeformAttnBackwardArgs<T>& args, int num_threads) {
+  run_fastest_variant(args, num_threads);
 }
 
-template void ms_deform_attn_forward_cpu<float>(const MsDeformAttnDims&, const float*,
-                                                const int64_t*, const int64_t*, const float*,
-                                                const float*, float*, int);
-template void ms_deform_attn_forward_cpu<double>(const MsDeformAttnDims&, const double*,
-                                                 const int64_t*, const int64_t*, const double*,
-                                                 const double*, double*, int);
-template void ms_deform_attn_backward_cpu<float>(const MsDeformAttnDims&, const float*,
-                                                 const int64_t*, const int64_t*, const float*,
-                                                 const float*, const float*, float*, float*, float*,
-                                                 int);
-template void ms_deform_attn_backward_cpu<double>(const MsDeformAttnDims&, const double*,
-                                                  const int64_t*, const int64_t*, const double*,
-                                                  const double*, const double*, double*, double*,
-                                                  double*, int);
+template void ms_deform_attn_cpu<float>(const MsDeformAttnForwardArgs<float>&, int);
+template void ms_deform_attn_cpu<double>(const MsDeformAttnForwardArgs<double>&, int);
+template void ms_deform_attn_cpu<float>(const MsDeformAttnBackwardArgs<float>&, int);
+template void ms_deform_attn_cpu<double>(const MsDeformAttnBackwardArgs<double>&, int);
 
 }  // namespace deformdetr

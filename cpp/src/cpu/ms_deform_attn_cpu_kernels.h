@@ -6,8 +6,10 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
+#include "deformdetr/bilinear.h"
 #include "deformdetr/ms_deform_attn.h"
 #include "deformdetr/parallel.h"
 
@@ -19,45 +21,31 @@ namespace deformdetr::DEFORMDETR_CPU_VARIANT {
 
 namespace {
 
-// The four bilinear corners of one sampling point: a pointer to each corner's row of D channels
-// and the corner's weight and weight derivatives. A corner outside the map (zero padding) points
-// at a row of zeros with zero weights, so the channel loops below need no branches and a
-// non-finite value elsewhere in the map never leaks into a padded sample.
+// The four corners of one sample (deformdetr/bilinear.h) as the channel loops below read them:
+// a corner outside the map reads `zero_row`, so those loops need no branches and a non-finite
+// value elsewhere in the map never leaks into a padded sample.
 template <typename scalar_t>
 struct Corners {
   const scalar_t* row[4];
-  int64_t offset[4];  // position (h * W + w) in the level; -1 outside
+  int64_t offset[4];  // -1 outside the map
   scalar_t weight[4];
-  scalar_t dweight_dx[4];  // d(weight)/dx in pixels, for the location gradient
+  scalar_t dweight_dx[4];
   scalar_t dweight_dy[4];
 };
 
-// Pixel coordinates follow grid_sample(align_corners=False): x = loc_x * W - 0.5.
-// Returns false when the point is so far outside that every corner is padding.
 template <typename scalar_t>
-inline bool bilinear_corners(scalar_t loc_x, scalar_t loc_y, int64_t height, int64_t width,
-                             const scalar_t* level_value, int64_t value_row,
-                             const scalar_t* zero_row, Corners<scalar_t>& c) {
-  const scalar_t x = loc_x * (scalar_t)width - (scalar_t)0.5;
-  const scalar_t y = loc_y * (scalar_t)height - (scalar_t)0.5;
-  if (!(x > (scalar_t)-1 && y > (scalar_t)-1 && x < (scalar_t)width && y < (scalar_t)height))
-    return false;
-  const scalar_t x0f = std::floor(x), y0f = std::floor(y);
-  const int64_t x0 = (int64_t)x0f, y0 = (int64_t)y0f;
-  const scalar_t lx = x - x0f, ly = y - y0f, hx = 1 - lx, hy = 1 - ly;
-  const bool x0_in = x0 >= 0, x1_in = x0 + 1 < width, y0_in = y0 >= 0, y1_in = y0 + 1 < height;
-  const bool inside[4] = {y0_in && x0_in, y0_in && x1_in, y1_in && x0_in, y1_in && x1_in};
-  const int64_t base = y0 * width + x0;
-  const int64_t offset[4] = {base, base + 1, base + width, base + width + 1};
-  const scalar_t w[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
-  const scalar_t dx[4] = {-hy, hy, -ly, ly};
-  const scalar_t dy[4] = {-hx, -lx, hx, lx};
+inline bool corners_of(const scalar_t* loc, int64_t height, int64_t width,
+                       const scalar_t* level_value, int64_t value_row, const scalar_t* zero_row,
+                       Corners<scalar_t>& c) {
+  BilinearPoint<scalar_t> point;
+  if (!bilinear_point(loc[0], loc[1], height, width, point)) return false;
   for (int k = 0; k < 4; ++k) {
-    c.offset[k] = inside[k] ? offset[k] : -1;
-    c.row[k] = inside[k] ? level_value + offset[k] * value_row : zero_row;
-    c.weight[k] = inside[k] ? w[k] : 0;
-    c.dweight_dx[k] = inside[k] ? dx[k] : 0;
-    c.dweight_dy[k] = inside[k] ? dy[k] : 0;
+    const BilinearCorner<scalar_t> corner = bilinear_corner(point, k);
+    c.row[k] = corner.inside ? level_value + corner.offset * value_row : zero_row;
+    c.offset[k] = corner.inside ? corner.offset : -1;
+    c.weight[k] = corner.weight;
+    c.dweight_dx[k] = corner.dweight_dx;
+    c.dweight_dy[k] = corner.dweight_dy;
   }
   return true;
 }
@@ -107,32 +95,34 @@ inline void accumulate_sample(int64_t D, scalar_t attw, const Corners<scalar_t>&
     for (; d < n; ++d) acc[d] += attw * (w0 * r0[d] + w1 * r1[d] + w2 * r2[d] + w3 * r3[d]);
 }
 
+// Output rows [row_begin, row_end) of (N * Lq), all heads.
 template <typename scalar_t, int kChannels>
-void forward_rows(const MsDeformAttnDims& dims, const scalar_t* value, const int64_t* shapes,
-                  const int64_t* starts, const scalar_t* locations, const scalar_t* weights,
-                  scalar_t* output, int64_t row_begin, int64_t row_end) {
+void forward_rows(const MsDeformAttnForwardArgs<scalar_t>& a, int64_t row_begin,
+                  int64_t row_end) {
+  const MsDeformAttnDims& dims = a.dims;
   const int64_t M = dims.heads, L = dims.levels, P = dims.points, S = dims.value_len;
   const int64_t D = channels<kChannels>(dims.channels);
   const int64_t value_row = M * D;  // stride between consecutive positions of the value map
   const std::vector<scalar_t> zero_row(D, scalar_t(0));
-  Corners<scalar_t> c;
   for (int64_t row = row_begin; row < row_end; ++row) {  // row = n * Lq + q
     const int64_t n = row / dims.queries;
     for (int64_t m = 0; m < M; ++m) {
       const int64_t head_row = row * M + m;
-      const scalar_t* loc = locations + head_row * L * P * 2;
-      const scalar_t* attw = weights + head_row * L * P;
+      const scalar_t* loc = a.sampling_locations + head_row * L * P * 2;
+      const scalar_t* attw = a.attention_weights + head_row * L * P;
       // A fixed D accumulates in a local array (registers); the generic path in the output.
       scalar_t local[kChannels > 0 ? kChannels : 1] = {};
-      scalar_t* out = output + head_row * D;
+      scalar_t* out = a.output + head_row * D;
       scalar_t* acc = kChannels > 0 ? local : out;
       if (kChannels == 0) std::fill(out, out + D, scalar_t(0));
       for (int64_t l = 0; l < L; ++l) {
-        const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-        const scalar_t* level_value = value + ((n * S + starts[l]) * M + m) * D;
-        for (int64_t p = 0; p < P; ++p, loc += 2, ++attw)
-          if (bilinear_corners(loc[0], loc[1], H, W, level_value, value_row, zero_row.data(), c))
+        const int64_t H = a.spatial_shapes[2 * l], W = a.spatial_shapes[2 * l + 1];
+        const scalar_t* level_value = a.value + ((n * S + a.level_start_index[l]) * M + m) * D;
+        for (int64_t p = 0; p < P; ++p, loc += 2, ++attw) {
+          Corners<scalar_t> c;
+          if (corners_of(loc, H, W, level_value, value_row, zero_row.data(), c))
             accumulate_sample<scalar_t, kChannels>(D, *attw, c, acc);
+        }
       }
       if (kChannels > 0) std::copy(local, local + D, out);
     }
@@ -194,33 +184,31 @@ inline void sample_gradients(int64_t D, const scalar_t* __restrict__ w,
 // position 0 of the pair's value map and grad map, whose consecutive positions are value_row and
 // grad_row elements apart.
 template <typename scalar_t, int kChannels>
-void backward_queries(const MsDeformAttnDims& dims, const scalar_t* value_nm, int64_t value_row,
-                      const int64_t* shapes, const int64_t* starts, const scalar_t* locations,
-                      const scalar_t* weights, const scalar_t* grad_output, scalar_t* grad_nm,
-                      int64_t grad_row, scalar_t* grad_locations, scalar_t* grad_weights, int64_t n,
-                      int64_t m, int64_t q_begin, int64_t q_end) {
+void backward_queries(const MsDeformAttnBackwardArgs<scalar_t>& a, const scalar_t* value_nm,
+                      int64_t value_row, scalar_t* grad_nm, int64_t grad_row, int64_t n, int64_t m,
+                      int64_t q_begin, int64_t q_end) {
+  const MsDeformAttnDims& dims = a.dims;
   const int64_t M = dims.heads, L = dims.levels, P = dims.points;
   const int64_t D = channels<kChannels>(dims.channels);
   const std::vector<scalar_t> zero_row(D, scalar_t(0));
   std::vector<scalar_t> sink_rows(4 * D, scalar_t(0));
-  Corners<scalar_t> c;
   scalar_t* grad_rows[4];
   scalar_t coefs[16];
   for (int64_t q = q_begin; q < q_end; ++q) {
     const int64_t head_row = (n * dims.queries + q) * M + m;
-    const scalar_t* go = grad_output + head_row * D;
-    const scalar_t* loc = locations + head_row * L * P * 2;
-    const scalar_t* attw = weights + head_row * L * P;
-    scalar_t* gloc = grad_locations + head_row * L * P * 2;
-    scalar_t* gw = grad_weights + head_row * L * P;
+    const scalar_t* go = a.grad_output + head_row * D;
+    const scalar_t* loc = a.sampling_locations + head_row * L * P * 2;
+    const scalar_t* attw = a.attention_weights + head_row * L * P;
+    scalar_t* gloc = a.grad_sampling_locations + head_row * L * P * 2;
+    scalar_t* gw = a.grad_attention_weights + head_row * L * P;
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-      const scalar_t* level_value = value_nm + starts[l] * value_row;
-      scalar_t* level_grad = grad_nm + starts[l] * grad_row;
+      const int64_t H = a.spatial_shapes[2 * l], W = a.spatial_shapes[2 * l + 1];
+      const scalar_t* level_value = value_nm + a.level_start_index[l] * value_row;
+      scalar_t* level_grad = grad_nm + a.level_start_index[l] * grad_row;
       for (int64_t p = 0; p < P; ++p, loc += 2, gloc += 2, ++attw, ++gw) {
         gloc[0] = gloc[1] = *gw = scalar_t(0);
-        if (!bilinear_corners(loc[0], loc[1], H, W, level_value, value_row, zero_row.data(), c))
-          continue;
+        Corners<scalar_t> c;
+        if (!corners_of(loc, H, W, level_value, value_row, zero_row.data(), c)) continue;
         for (int k = 0; k < 4; ++k) {
           grad_rows[k] =
               c.offset[k] >= 0 ? level_grad + c.offset[k] * grad_row : sink_rows.data() + k * D;
@@ -242,13 +230,10 @@ void backward_queries(const MsDeformAttnDims& dims, const scalar_t* value_nm, in
 }
 
 template <typename scalar_t, int kChannels>
-void forward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const int64_t* shapes,
-                  const int64_t* starts, const scalar_t* locations, const scalar_t* weights,
-                  scalar_t* output, int num_threads) {
-  const int64_t rows = dims.batch * dims.queries;
+void forward_impl(const MsDeformAttnForwardArgs<scalar_t>& a, int num_threads) {
+  const int64_t rows = a.dims.batch * a.dims.queries;
   parallel_for(rows, 8, num_threads, [&](int64_t begin, int64_t end) {
-    forward_rows<scalar_t, kChannels>(dims, value, shapes, starts, locations, weights, output,
-                                      begin, end);
+    forward_rows<scalar_t, kChannels>(a, begin, end);
   });
 }
 
@@ -261,27 +246,23 @@ void forward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const int
 // in and out once. When they touch few positions (the decoder), the copies would cost more than
 // they save, and the pass works in place.
 template <typename scalar_t, int kChannels>
-void backward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const int64_t* shapes,
-                   const int64_t* starts, const scalar_t* locations, const scalar_t* weights,
-                   const scalar_t* grad_output, scalar_t* grad_value, scalar_t* grad_locations,
-                   scalar_t* grad_weights, int num_threads) {
-  const int64_t N = dims.batch, M = dims.heads, S = dims.value_len, Q = dims.queries;
-  const int64_t D = dims.channels;
+void backward_impl(const MsDeformAttnBackwardArgs<scalar_t>& a, int num_threads) {
+  const int64_t N = a.dims.batch, M = a.dims.heads, S = a.dims.value_len, Q = a.dims.queries;
+  const int64_t D = a.dims.channels;
   const int threads = usable_threads(num_threads);  // also sizes the per-split grad maps
   const int64_t pairs = N * M;
   if (pairs == 0) return;  // every gradient is empty
-  const bool head_major = Q * dims.levels * dims.points * 4 >= S;
+  const bool head_major = Q * a.dims.levels * a.dims.points * 4 >= S;
   if (!head_major) {
     parallel_for(N * S * M * D, 1 << 16, threads, [&](int64_t begin, int64_t end) {
-      std::fill(grad_value + begin, grad_value + end, scalar_t(0));
+      std::fill(a.grad_value + begin, a.grad_value + end, scalar_t(0));
     });
     parallel_for(pairs, 1, threads, [&](int64_t begin, int64_t end) {
       for (int64_t pair = begin; pair < end; ++pair) {
         const int64_t n = pair / M, m = pair % M;
         const int64_t offset = n * S * M * D + m * D;
-        backward_queries<scalar_t, kChannels>(dims, value + offset, M * D, shapes, starts,
-                                              locations, weights, grad_output, grad_value + offset,
-                                              M * D, grad_locations, grad_weights, n, m, 0, Q);
+        backward_queries<scalar_t, kChannels>(a, a.value + offset, M * D, a.grad_value + offset,
+                                              M * D, n, m, 0, Q);
       }
     });
     return;
@@ -299,7 +280,8 @@ void backward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const in
     for (int64_t ns = begin; ns < end; ++ns) {
       const int64_t n = ns / S, s = ns % S;
       for (int64_t m = 0; m < M; ++m)
-        std::copy_n(value + (ns * M + m) * D, D, value_hm.get() + (n * M + m) * map_size + s * D);
+        std::copy_n(a.value + (ns * M + m) * D, D,
+                    value_hm.get() + (n * M + m) * map_size + s * D);
     }
   });
   parallel_for(pairs * splits, 1, threads, [&](int64_t begin, int64_t end) {
@@ -310,10 +292,9 @@ void backward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const in
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pair = task / splits, split = task % splits;
       const int64_t q_begin = split * split_len, q_end = std::min(Q, q_begin + split_len);
-      backward_queries<scalar_t, kChannels>(dims, value_hm.get() + pair * map_size, D, shapes,
-                                            starts, locations, weights, grad_output,
-                                            grad_hm.get() + task * map_size, D, grad_locations,
-                                            grad_weights, pair / M, pair % M, q_begin, q_end);
+      backward_queries<scalar_t, kChannels>(a, value_hm.get() + pair * map_size, D,
+                                            grad_hm.get() + task * map_size, D, pair / M, pair % M,
+                                            q_begin, q_end);
     }
   });
 
@@ -321,7 +302,7 @@ void backward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const in
     for (int64_t ns = begin; ns < end; ++ns) {
       const int64_t n = ns / S, s = ns % S;
       for (int64_t m = 0; m < M; ++m) {
-        scalar_t* out = grad_value + (ns * M + m) * D;
+        scalar_t* out = a.grad_value + (ns * M + m) * D;
         const scalar_t* part = grad_hm.get() + (n * M + m) * splits * map_size + s * D;
         std::copy_n(part, D, out);
         for (int64_t split = 1; split < splits; ++split)
@@ -331,54 +312,39 @@ void backward_impl(const MsDeformAttnDims& dims, const scalar_t* value, const in
   });
 }
 
+// Calls fn(std::integral_constant<int, kChannels>) with D fixed at compile time for the common
+// head widths, 0 (generic) otherwise.
+template <typename Fn>
+void with_channels(int64_t D, Fn&& fn) {
+  switch (D) {
+    case 32:
+      return fn(std::integral_constant<int, 32>());
+    case 64:
+      return fn(std::integral_constant<int, 64>());
+    default:
+      return fn(std::integral_constant<int, 0>());
+  }
+}
+
 }  // namespace
 
 template <typename scalar_t>
-void forward(const MsDeformAttnDims& dims, const scalar_t* value, const int64_t* spatial_shapes,
-             const int64_t* level_start_index, const scalar_t* sampling_locations,
-             const scalar_t* attention_weights, scalar_t* output, int num_threads) {
-  switch (dims.channels) {
-    case 32:
-      return forward_impl<scalar_t, 32>(dims, value, spatial_shapes, level_start_index,
-                                        sampling_locations, attention_weights, output, num_threads);
-    case 64:
-      return forward_impl<scalar_t, 64>(dims, value, spatial_shapes, level_start_index,
-                                        sampling_locations, attention_weights, output, num_threads);
-    default:
-      return forward_impl<scalar_t, 0>(dims, value, spatial_shapes, level_start_index,
-                                       sampling_locations, attention_weights, output, num_threads);
-  }
+void run(const MsDeformAttnForwardArgs<scalar_t>& args, int num_threads) {
+  with_channels(args.dims.channels, [&](auto kChannels) {
+    forward_impl<scalar_t, decltype(kChannels)::value>(args, num_threads);
+  });
 }
 
 template <typename scalar_t>
-void backward(const MsDeformAttnDims& dims, const scalar_t* value, const int64_t* spatial_shapes,
-              const int64_t* level_start_index, const scalar_t* sampling_locations,
-              const scalar_t* attention_weights, const scalar_t* grad_output, scalar_t* grad_value,
-              scalar_t* grad_sampling_locations, scalar_t* grad_attention_weights,
-              int num_threads) {
-  switch (dims.channels) {
-    case 32:
-      return backward_impl<scalar_t, 32>(
-          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-          grad_output, grad_value, grad_sampling_locations, grad_attention_weights, num_threads);
-    case 64:
-      return backward_impl<scalar_t, 64>(
-          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-          grad_output, grad_value, grad_sampling_locations, grad_attention_weights, num_threads);
-    default:
-      return backward_impl<scalar_t, 0>(
-          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-          grad_output, grad_value, grad_sampling_locations, grad_attention_weights, num_threads);
-  }
+void run(const MsDeformAttnBackwardArgs<scalar_t>& args, int num_threads) {
+  with_channels(args.dims.channels, [&](auto kChannels) {
+    backward_impl<scalar_t, decltype(kChannels)::value>(args, num_threads);
+  });
 }
 
-#define DEFORMDETR_INSTANTIATE(T)                                                              \
-  template void forward<T>(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*,  \
-                           const T*, const T*, T*, int);                                       \
-  template void backward<T>(const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, \
-                            const T*, const T*, const T*, T*, T*, T*, int);
-DEFORMDETR_INSTANTIATE(float)
-DEFORMDETR_INSTANTIATE(double)
-#undef DEFORMDETR_INSTANTIATE
+template void run<float>(const MsDeformAttnForwardArgs<float>&, int);
+template void run<double>(const MsDeformAttnForwardArgs<double>&, int);
+template void run<float>(const MsDeformAttnBackwardArgs<float>&, int);
+template void run<double>(const MsDeformAttnBackwardArgs<double>&, int);
 
 }  // namespace deformdetr::DEFORMDETR_CPU_VARIANT

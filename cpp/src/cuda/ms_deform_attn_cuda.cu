@@ -3,15 +3,17 @@
 // One warp serves one (n, q, m) triple: lanes stride over the D channels, so each corner read of
 // value is one coalesced row of D contiguous elements. All arithmetic is in accum_t (float for
 // 16-bit inputs). The backward pass scatters into grad_value with atomics in accum_t and reduces
-// the location/weight gradients over channels with warp shuffles.
+// the location/weight gradients over channels with warp shuffles. The sampling maths is
+// deformdetr/bilinear.h, the code the CPU kernels run.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <stdexcept>
-#include <string>
+#include <type_traits>
 
+#include "cuda_check.h"
+#include "deformdetr/bilinear.h"
 #include "deformdetr/ms_deform_attn.h"
 
 namespace deformdetr {
@@ -21,129 +23,108 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
 
+// The CUDA type of each element type of the arguments (the 16-bit ones are plain storage there).
+template <typename S>
+using CudaType = typename std::conditional<
+    std::is_same<S, Float16>::value, __half,
+    typename std::conditional<std::is_same<S, BFloat16>::value, __nv_bfloat16, S>::type>::type;
+static_assert(sizeof(Float16) == sizeof(__half) && sizeof(BFloat16) == sizeof(__nv_bfloat16),
+              "the storage types must have CUDA's layouts");
+
+template <typename S>
+__device__ __forceinline__ const CudaType<S>* on_device(const S* p) {
+  return reinterpret_cast<const CudaType<S>*>(p);
+}
+template <typename S>
+__device__ __forceinline__ CudaType<S>* on_device(S* p) {
+  return reinterpret_cast<CudaType<S>*>(p);
+}
+
+// One (n, q, m) triple, the unit of work of a warp: its index (n * Lq + q) * M + m and where its
+// sampling locations and attention weights start.
 template <typename T>
-struct Accum {
-  using type = float;
-};
-template <>
-struct Accum<double> {
-  using type = double;
-};
-
-template <typename T>
-__device__ __forceinline__ float to_accum(T x) {
-  return static_cast<float>(x);
-}
-template <>
-__device__ __forceinline__ float to_accum<__half>(__half x) {
-  return __half2float(x);
-}
-template <>
-__device__ __forceinline__ float to_accum<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-__device__ __forceinline__ double to_accum(double x) { return x; }
-
-template <typename T, typename A>
-__device__ __forceinline__ T from_accum(A x) {
-  return static_cast<T>(x);
-}
-template <>
-__device__ __forceinline__ __half from_accum<__half, float>(float x) {
-  return __float2half(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_accum<__nv_bfloat16, float>(float x) {
-  return __float2bfloat16(x);
-}
-
-template <typename A>
-struct Corners {
-  int64_t offset[4];
-  A weight[4];
-  A dweight_dx[4];
-  A dweight_dy[4];
-  bool inside[4];
-  bool any;
+struct HeadRow {
+  int64_t index, n, m;
+  const T* locations;
+  const T* weights;
 };
 
-// Same convention as grid_sample(align_corners=False, padding_mode="zeros").
-template <typename A>
-__device__ __forceinline__ Corners<A> bilinear_corners(A loc_x, A loc_y, int64_t height,
-                                                       int64_t width) {
-  Corners<A> c;
-  const A x = loc_x * (A)width - (A)0.5;
-  const A y = loc_y * (A)height - (A)0.5;
-  c.any = x > (A)-1 && y > (A)-1 && x < (A)width && y < (A)height;
-  if (!c.any) return c;
-  const A x0f = floor(x), y0f = floor(y);
-  const int64_t x0 = (int64_t)x0f, y0 = (int64_t)y0f;
-  const A lx = x - x0f, ly = y - y0f, hx = 1 - lx, hy = 1 - ly;
-  const int64_t xs[4] = {x0, x0 + 1, x0, x0 + 1};
-  const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1};
-  const A w[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
-  const A dx[4] = {-hy, hy, -ly, ly};
-  const A dy[4] = {-hx, -lx, hx, lx};
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const bool inside = xs[k] >= 0 && xs[k] < width && ys[k] >= 0 && ys[k] < height;
-    c.inside[k] = inside;
-    c.offset[k] = inside ? ys[k] * width + xs[k] : 0;
-    c.weight[k] = inside ? w[k] : (A)0;
-    c.dweight_dx[k] = inside ? dx[k] : (A)0;
-    c.dweight_dy[k] = inside ? dy[k] : (A)0;
-  }
-  return c;
+// Calls fn(HeadRow) for each head row of this warp, grid-striding; the whole warp shares one
+// row, so shuffles inside fn always see 32 active lanes.
+template <typename S, typename Fn>
+__device__ __forceinline__ void for_each_head_row_of_warp(const MsDeformAttnInputs<S>& a,
+                                                          Fn&& fn) {
+  const MsDeformAttnDims& d = a.dims;
+  const int64_t rows = d.batch * d.queries * d.heads, samples = d.levels * d.points;
+  for (int64_t row = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp; row < rows;
+       row += (int64_t)gridDim.x * kWarpsPerBlock)
+    fn(HeadRow<CudaType<S>>{row, row / (d.heads * d.queries), row % d.heads,
+                            on_device(a.sampling_locations) + row * samples * 2,
+                            on_device(a.attention_weights) + row * samples});
 }
 
-// A level whose (start, H, W) would reach outside value is skipped rather than read out of
-// bounds: the host cannot check device-side spatial shapes without a synchronisation.
-// Written so that no product can overflow: H = W = 2^32 must not pass as H * W = 0.
-__device__ __forceinline__ bool level_in_bounds(int64_t start, int64_t h, int64_t w,
-                                                int64_t value_len) {
-  return h > 0 && w > 0 && start >= 0 && start <= value_len && w <= (value_len - start) / h;
+// Level l as one head row sees it: its size and the offset in value of its position 0 for the
+// row's (n, m), or -1 for a level whose (start, H, W) would reach outside value. Such a level is
+// skipped rather than read out of bounds: the host cannot check device-side spatial shapes
+// without a synchronisation. Written so that no product can overflow: H = W = 2^32 must not
+// pass as H * W = 0.
+struct Level {
+  int64_t height, width, offset;
+};
+
+template <typename S, typename T>
+__device__ __forceinline__ Level level_of(const MsDeformAttnInputs<S>& a, int64_t l,
+                                          const HeadRow<T>& row) {
+  const MsDeformAttnDims& d = a.dims;
+  const int64_t h = a.spatial_shapes[2 * l], w = a.spatial_shapes[2 * l + 1];
+  const int64_t start = a.level_start_index[l];
+  const bool inside = h > 0 && w > 0 && start >= 0 && start <= d.value_len &&
+                      w <= (d.value_len - start) / h;
+  return {h, w, inside ? ((row.n * d.value_len + start) * d.heads + row.m) * d.channels : -1};
 }
 
-template <typename T>
-__global__ void forward_kernel(MsDeformAttnDims dims, const T* __restrict__ value,
-                               const int64_t* __restrict__ shapes,
-                               const int64_t* __restrict__ starts, const T* __restrict__ locations,
-                               const T* __restrict__ weights, T* __restrict__ output) {
-  using A = typename Accum<T>::type;
-  const int64_t M = dims.heads, L = dims.levels, P = dims.points, D = dims.channels;
-  const int64_t S = dims.value_len;
+// Sample i (= l * P + p) of a head row as a point of its level's map, in the arithmetic type A;
+// false when no corner is inside the map (see deformdetr/bilinear.h).
+template <typename A, typename T>
+__device__ __forceinline__ bool point_of(const HeadRow<T>& row, int64_t i, const Level& level,
+                                         BilinearPoint<A>& point) {
+  return bilinear_point<A>(static_cast<A>(row.locations[2 * i]),
+                           static_cast<A>(row.locations[2 * i + 1]), level.height, level.width,
+                           point);
+}
+
+template <typename S>
+__global__ void forward_kernel(MsDeformAttnForwardArgs<S> a) {
+  using T = CudaType<S>;
+  using A = typename GradValueAccum<S>::type;  // all arithmetic: float for 16-bit inputs
+  const int64_t L = a.dims.levels, P = a.dims.points, D = a.dims.channels;
+  const int64_t position_stride = a.dims.heads * D;
   const int lane = threadIdx.x % kWarp;
-  const int64_t rows = dims.batch * dims.queries * M;
-  // Grid-stride over head rows (n * Lq + q) * M + m; the whole warp shares one row.
-  for (int64_t head_row = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-       head_row < rows; head_row += (int64_t)gridDim.x * kWarpsPerBlock) {
-    const int64_t m = head_row % M;
-    const int64_t n = head_row / (M * dims.queries);
-    const T* loc = locations + head_row * L * P * 2;
-    const T* attw = weights + head_row * L * P;
-    T* out = output + head_row * D;
+  for_each_head_row_of_warp(a, [&](const HeadRow<T>& row) {
+    T* out = on_device(a.output) + row.index * D;
     for (int64_t d0 = 0; d0 < D; d0 += kWarp) {
       const int64_t d = d0 + lane;
-      const bool active = d < D;
+      if (d >= D) break;  // no shuffles here: idle lanes may leave
       A acc = 0;
       for (int64_t l = 0; l < L; ++l) {
-        const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
-        if (!level_in_bounds(start, H, W, S)) continue;
-        const T* level_value = value + ((n * S + start) * M + m) * D + d;
-        for (int64_t p = 0; p < P; ++p) {
-          const int64_t i = l * P + p;
-          const Corners<A> c =
-              bilinear_corners<A>(to_accum(loc[2 * i]), to_accum(loc[2 * i + 1]), H, W);
-          if (!c.any || !active) continue;
-          const A w = to_accum(attw[i]);
+        const Level level = level_of(a, l, row);
+        if (level.offset < 0) continue;
+        const T* level_value = on_device(a.value) + level.offset + d;
+        for (int64_t i = l * P; i < (l + 1) * P; ++i) {
+          BilinearPoint<A> point;
+          if (!point_of(row, i, level, point)) continue;
+          const A w = static_cast<A>(row.weights[i]);
 #pragma unroll
-          for (int k = 0; k < 4; ++k)
-            if (c.inside[k]) acc += w * c.weight[k] * to_accum(level_value[c.offset[k] * M * D]);
+          for (int k = 0; k < 4; ++k) {
+            const BilinearCorner<A> c = bilinear_corner(point, k);
+            if (c.inside)
+              acc += w * c.weight * static_cast<A>(level_value[c.offset * position_stride]);
+          }
         }
       }
-      if (active) out[d] = from_accum<T, A>(acc);
+      out[d] = static_cast<T>(acc);
     }
-  }
+  });
 }
 
 template <typename A>
@@ -154,75 +135,58 @@ __device__ __forceinline__ A warp_sum(A x) {
   return x;
 }
 
-template <typename T>
-__global__ void backward_kernel(MsDeformAttnDims dims, const T* __restrict__ value,
-                                const int64_t* __restrict__ shapes,
-                                const int64_t* __restrict__ starts, const T* __restrict__ locations,
-                                const T* __restrict__ weights, const T* __restrict__ grad_output,
-                                typename Accum<T>::type* __restrict__ grad_value,
-                                T* __restrict__ grad_locations, T* __restrict__ grad_weights) {
-  using A = typename Accum<T>::type;
-  const int64_t M = dims.heads, L = dims.levels, P = dims.points, D = dims.channels;
-  const int64_t S = dims.value_len;
+template <typename S>
+__global__ void backward_kernel(MsDeformAttnBackwardArgs<S> a) {
+  using T = CudaType<S>;
+  using A = typename GradValueAccum<S>::type;  // all arithmetic: float for 16-bit inputs
+  const int64_t L = a.dims.levels, P = a.dims.points, D = a.dims.channels;
+  const int64_t position_stride = a.dims.heads * D;
   const int lane = threadIdx.x % kWarp;
-  const int64_t rows = dims.batch * dims.queries * M;
-  // Grid-stride over head rows; the whole warp shares one row, so the shuffles below always see
-  // 32 active lanes.
-  for (int64_t head_row = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarp;
-       head_row < rows; head_row += (int64_t)gridDim.x * kWarpsPerBlock) {
-    const int64_t m = head_row % M;
-    const int64_t n = head_row / (M * dims.queries);
-    const T* loc = locations + head_row * L * P * 2;
-    const T* attw = weights + head_row * L * P;
-    const T* go = grad_output + head_row * D;
-    T* gloc = grad_locations + head_row * L * P * 2;
-    T* gw = grad_weights + head_row * L * P;
+  for_each_head_row_of_warp(a, [&](const HeadRow<T>& row) {
+    const T* go = on_device(a.grad_output) + row.index * D;
+    T* grad_locations = on_device(a.grad_sampling_locations) + row.index * L * P * 2;
+    T* grad_weights = on_device(a.grad_attention_weights) + row.index * L * P;
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
-      const bool level_ok = level_in_bounds(start, H, W, S);
-      const int64_t level_offset = ((n * S + (level_ok ? start : 0)) * M + m) * D;
-      for (int64_t p = 0; p < P; ++p) {
-        const int64_t i = l * P + p;
-        const A w = to_accum(attw[i]);
-        Corners<A> c;
-        c.any = false;
-        if (level_ok) c = bilinear_corners<A>(to_accum(loc[2 * i]), to_accum(loc[2 * i + 1]), H, W);
-        A grad_weight = 0, grad_x = 0, grad_y = 0;
-        if (c.any) {
-          for (int64_t d = lane; d < D; d += kWarp) {
-            const A g = to_accum(go[d]);
+      const Level level = level_of(a, l, row);
+      for (int64_t i = l * P; i < (l + 1) * P; ++i) {
+        BilinearPoint<A> point;
+        // Warp-uniform: every lane reads the same location.
+        if (level.offset < 0 || !point_of(row, i, level, point)) {
+          // No corner inside: zero gradients, whatever the attention weight (inf * 0 is NaN).
+          if (lane == 0) grad_weights[i] = grad_locations[2 * i] = grad_locations[2 * i + 1] = T(0);
+          continue;
+        }
+        BilinearCorner<A> corners[4];
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-              if (!c.inside[k]) continue;
-              const int64_t at = level_offset + c.offset[k] * M * D + d;
-              const A dot = g * to_accum(value[at]);
-              grad_weight += c.weight[k] * dot;
-              grad_x += c.dweight_dx[k] * dot;
-              grad_y += c.dweight_dy[k] * dot;
-              atomicAdd(grad_value + at, w * c.weight[k] * g);
-            }
+        for (int k = 0; k < 4; ++k) corners[k] = bilinear_corner(point, k);
+        const A w = static_cast<A>(row.weights[i]);
+        A grad_weight = 0, grad_x = 0, grad_y = 0;
+        for (int64_t d = lane; d < D; d += kWarp) {
+          const A g = static_cast<A>(go[d]);
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const BilinearCorner<A>& c = corners[k];
+            if (!c.inside) continue;
+            const int64_t at = level.offset + c.offset * position_stride + d;
+            const A dot = g * static_cast<A>(on_device(a.value)[at]);
+            grad_weight += c.weight * dot;
+            grad_x += c.dweight_dx * dot;
+            grad_y += c.dweight_dy * dot;
+            atomicAdd(a.grad_value + at, w * c.weight * g);
           }
         }
         grad_weight = warp_sum(grad_weight);
         grad_x = warp_sum(grad_x);
         grad_y = warp_sum(grad_y);
         if (lane == 0) {
-          gw[i] = from_accum<T, A>(grad_weight);
-          gloc[2 * i] = from_accum<T, A>(w * grad_x * (A)W);
-          gloc[2 * i + 1] = from_accum<T, A>(w * grad_y * (A)H);
+          grad_weights[i] = static_cast<T>(grad_weight);
+          grad_locations[2 * i] = static_cast<T>(w * grad_x * (A)level.width);
+          grad_locations[2 * i + 1] = static_cast<T>(w * grad_y * (A)level.height);
         }
       }
     }
-  }
+  });
 }
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("deformdetr: CUDA ") + what +
-                             " failed: " + cudaGetErrorString(err));
-}
-
-void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 // Enough blocks to fill any current GPU many times over; larger problems grid-stride.
 constexpr int64_t kMaxBlocks = 1 << 20;
@@ -232,108 +196,39 @@ int64_t num_blocks(const MsDeformAttnDims& d) {
   return std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks);
 }
 
-// Makes `device` current for the launch and restores the caller's device afterwards.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "query of the current device");
-    if (previous_ != device) check(cudaSetDevice(device), "selection of the tensors' device");
-  }
-  // A destructor must not throw; restoring a device that was current a moment ago cannot fail
-  // short of a broken context, which the next CUDA call reports anyway.
-  ~DeviceGuard() {
-    int current = previous_;
-    if (cudaGetDevice(&current) == cudaSuccess && current != previous_) cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-};
-
-template <typename T>
-void launch_forward(const MsDeformAttnDims& d, const void* value, const int64_t* shapes,
-                    const int64_t* starts, const void* loc, const void* attw, void* out,
-                    cudaStream_t stream) {
-  const int64_t blocks = num_blocks(d);
-  if (blocks == 0) return;
-  forward_kernel<T><<<(unsigned)blocks, kWarp * kWarpsPerBlock, 0, stream>>>(
-      d, static_cast<const T*>(value), shapes, starts, static_cast<const T*>(loc),
-      static_cast<const T*>(attw), static_cast<T*>(out));
-  check_launch("forward kernel launch");
-}
-
-template <typename T>
-void launch_backward(const MsDeformAttnDims& d, const void* value, const int64_t* shapes,
-                     const int64_t* starts, const void* loc, const void* attw, const void* go,
-                     void* grad_value, void* grad_loc, void* grad_w, cudaStream_t stream) {
-  using A = typename Accum<T>::type;
-  // An empty grad_value may have no storage at all: nothing to clear, no null pointer to pass.
-  const size_t bytes = sizeof(A) * d.batch * d.value_len * d.heads * d.channels;
-  if (bytes > 0) {
-    cudaMemsetAsync(grad_value, 0, bytes, stream);
-    check_launch("memset of grad_value");
-  }
-  const int64_t blocks = num_blocks(d);
-  if (blocks == 0) return;
-  backward_kernel<T><<<(unsigned)blocks, kWarp * kWarpsPerBlock, 0, stream>>>(
-      d, static_cast<const T*>(value), shapes, starts, static_cast<const T*>(loc),
-      static_cast<const T*>(attw), static_cast<const T*>(go), static_cast<A*>(grad_value),
-      static_cast<T*>(grad_loc), static_cast<T*>(grad_w));
-  check_launch("backward kernel launch");
-}
-
 }  // namespace
 
-void ms_deform_attn_forward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims, const void* value,
-                                 const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                 const void* sampling_locations, const void* attention_weights,
-                                 void* output, int device, void* stream) {
-  DeviceGuard guard(device);
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case CudaDtype::float32:
-      return launch_forward<float>(dims, value, spatial_shapes, level_start_index,
-                                   sampling_locations, attention_weights, output, s);
-    case CudaDtype::float64:
-      return launch_forward<double>(dims, value, spatial_shapes, level_start_index,
-                                    sampling_locations, attention_weights, output, s);
-    case CudaDtype::float16:
-      return launch_forward<__half>(dims, value, spatial_shapes, level_start_index,
-                                    sampling_locations, attention_weights, output, s);
-    case CudaDtype::bfloat16:
-      return launch_forward<__nv_bfloat16>(dims, value, spatial_shapes, level_start_index,
-                                           sampling_locations, attention_weights, output, s);
-  }
+template <typename T>
+void ms_deform_attn_cuda(const MsDeformAttnForwardArgs<T>& args, int device, void* stream) {
+  CudaDeviceGuard guard(device);
+  const int64_t blocks = num_blocks(args.dims);
+  if (blocks == 0) return;
+  forward_kernel<T><<<(unsigned)blocks, kWarp * kWarpsPerBlock, 0,
+                      static_cast<cudaStream_t>(stream)>>>(args);
+  cuda_check(cudaGetLastError(), "forward kernel launch");
 }
 
-void ms_deform_attn_backward_cuda(CudaDtype dtype, const MsDeformAttnDims& dims, const void* value,
-                                  const int64_t* spatial_shapes, const int64_t* level_start_index,
-                                  const void* sampling_locations, const void* attention_weights,
-                                  const void* grad_output, void* grad_value_accum,
-                                  void* grad_sampling_locations, void* grad_attention_weights,
-                                  int device, void* stream) {
-  DeviceGuard guard(device);
+template <typename T>
+void ms_deform_attn_cuda(const MsDeformAttnBackwardArgs<T>& args, int device, void* stream) {
+  CudaDeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case CudaDtype::float32:
-      return launch_backward<float>(
-          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-          grad_output, grad_value_accum, grad_sampling_locations, grad_attention_weights, s);
-    case CudaDtype::float64:
-      return launch_backward<double>(
-          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-          grad_output, grad_value_accum, grad_sampling_locations, grad_attention_weights, s);
-    case CudaDtype::float16:
-      return launch_backward<__half>(
-          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-          grad_output, grad_value_accum, grad_sampling_locations, grad_attention_weights, s);
-    case CudaDtype::bfloat16:
-      return launch_backward<__nv_bfloat16>(
-          dims, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-          grad_output, grad_value_accum, grad_sampling_locations, grad_attention_weights, s);
-  }
+  const MsDeformAttnDims& d = args.dims;
+  // An empty grad_value may have no storage at all: nothing to clear, no null pointer to pass.
+  const size_t bytes = sizeof(*args.grad_value) * d.batch * d.value_len * d.heads * d.channels;
+  if (bytes > 0) cuda_check(cudaMemsetAsync(args.grad_value, 0, bytes, s), "memset of grad_value");
+  const int64_t blocks = num_blocks(d);
+  if (blocks == 0) return;
+  backward_kernel<T><<<(unsigned)blocks, kWarp * kWarpsPerBlock, 0, s>>>(args);
+  cuda_check(cudaGetLastError(), "backward kernel launch");
 }
+
+#define DEFORMDETR_INSTANTIATE_CUDA(T)                                                   \
+  template void ms_deform_attn_cuda<T>(const MsDeformAttnForwardArgs<T>&, int, void*); \
+  template void ms_deform_attn_cuda<T>(const MsDeformAttnBackwardArgs<T>&, int, void*);
+DEFORMDETR_INSTANTIATE_CUDA(float)
+DEFORMDETR_INSTANTIATE_CUDA(double)
+DEFORMDETR_INSTANTIATE_CUDA(Float16)
+DEFORMDETR_INSTANTIATE_CUDA(BFloat16)
+#undef DEFORMDETR_INSTANTIATE_CUDA
 
 }  // namespace deformdetr

@@ -1,6 +1,8 @@
 """Speed comparisons against reference implementations, measured side by side in one run."""
 
 import argparse
+import statistics
+import time
 
 
 def positive_int(text: str) -> int:
@@ -12,3 +14,27 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def image_size(text: str) -> tuple:
+    """An argparse type: an image size HEIGHTxWIDTH in pixels, as (height, width)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 800x1066, got {text!r}") from None
+    if height < 32 or width < 32:
+        raise argparse.ArgumentTypeError(f"images must be at least 32x32, got {text}")
+    return height, width
+
+
+def median_seconds(run, repeat: int, warmup: int = 1) -> float:
+    """Median seconds of ``repeat`` calls of ``run``, after ``warmup`` calls (first-call
+    allocations and set-up)."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)

@@ -241,7 +241,7 @@ def _check(config: dict) -> None:
         raise ConfigError(f"data.dataset must be one of {datasets}, got {config['data']['dataset']!r}")
     if config["train"]["amp"] not in ("off", "bf16", "fp16"):
         raise ConfigError(f"train.amp must be off, bf16 or fp16, got {config['train']['amp']!r}")
-    for key in ("batch_size", "epochs", "eval_every"):
+    for key in ("batch_size", "epochs", "eval_every", "accumulate_steps"):
         if not isinstance(config["train"][key], int) or config["train"][key] < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {config['train'][key]!r}")
     workers = config["data"]["num_workers"]

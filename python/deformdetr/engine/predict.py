@@ -29,13 +29,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 def load_for_prediction(checkpoint_path: str):
-    """(task, model, categories) of a checkpoint: ours carry their config and categories; an
-    official one gets its task's default config and categories (COCO's for 91 classes)."""
+    """(task, model, categories) of a checkpoint (any source models.checkpoint.read_weights reads):
+    ours carry their config and categories, Hugging Face folders their id2label; an official one
+    gets its task's default config and categories (COCO's for 91 classes)."""
     from deformdetr.configs import complete
     from deformdetr.engine.tasks import get_task, task_for_family
-    from deformdetr.models.checkpoint import family_of, model_from_checkpoint, model_state_of, read_checkpoint
+    from deformdetr.models.checkpoint import family_of, model_from_checkpoint, model_state_of, read_weights
 
-    checkpoint = read_checkpoint(checkpoint_path)
+    checkpoint = read_weights(checkpoint_path)
     saved = checkpoint.get("config")
     if isinstance(saved, dict) and "task" in saved:
         cfg = complete(saved)
@@ -151,7 +152,8 @@ def _write_json(path: str, value) -> None:
 
 @torch.no_grad()
 def predict_images(model, image_paths: Sequence[str], output_dir: str, transform, device,
-                   threshold: float = 0.5, categories=None, draw: bool = True, batch_size: int = 1) -> Predictions:
+                   threshold: float = 0.5, categories=None, draw: bool = True, batch_size: int = 1,
+                   compile: bool = False) -> Predictions:
     """Runs ``model`` on each image (after ``transform``, the evaluation transform); keeps
     detections scoring at least ``threshold``; writes output_dir/predictions.json and, with
     ``draw``, one PNG per image named by :func:`drawing_names` (``<stem>.png``, suffixed ``_1``,
@@ -160,19 +162,21 @@ def predict_images(model, image_paths: Sequence[str], output_dir: str, transform
     ``name`` (from ``categories``, a data.categories.Categories; None: labels only).
 
     ``batch_size`` images of one size (after the transform) run together, so that no image is
-    padded: the results are those of one image at a time.
+    padded: the results are those of one image at a time. ``compile``: through torch.compile
+    (worth it for many images: the first ones of each size wait for compilation).
 
     An image that cannot be read is skipped with a warning naming it; the skipped images are
     listed in output_dir/skipped.json (written only when there are some) and in the result's
     ``skipped``. Only when none of the images can be read is that an error (ValueError)."""
     os.makedirs(output_dir, exist_ok=True)
     model.eval().to(device)
+    runner = torch.compile(model) if compile else model
     postprocess = PostProcess()
     names = drawing_names(image_paths, output_dir)
     records: dict[int, dict] = {}
 
     def run(group: list) -> None:
-        outputs = model(torch.stack([tensor for _, _, tensor in group]).to(device))
+        outputs = runner(torch.stack([tensor for _, _, tensor in group]).to(device))
         sizes = torch.tensor([[image.height, image.width] for _, image, _ in group], device=device)
         for (index, image, _), result in zip(group, postprocess(outputs, sizes)):
             records[index] = _record(image_paths[index], image, result, threshold, categories,

@@ -49,7 +49,7 @@ def detection_record(row: Detection3D, categories) -> dict:
 @torch.no_grad()
 def predict_images_3d(model, image_paths: Sequence[str], output_dir: str, device, cameras: Sequence[Calibration],
                       resolution: Sequence[int], decode_settings: dict, categories=None, batch_size: int = 1,
-                      draw: bool = True) -> Predictions:
+                      draw: bool = True, compile: bool = False) -> Predictions:
     """Runs a MonoDETR ``model`` on each image with its camera (``cameras``, one per image), as
     evaluation does: the image scaled to ``resolution`` (W, H) about its centre, the model and the
     decoding (``decode_settings``: topk, threshold, cls_mean_size) given the camera and size of
@@ -62,12 +62,14 @@ def predict_images_3d(model, image_paths: Sequence[str], output_dir: str, device
     the camera used and each detection by field name, see :func:`detection_record`) and, with
     ``draw``, ``<stem>.png``: the boxes on the image beside a bird's-eye view. Result files of an
     earlier run in ``kitti_results/`` are removed. ``batch_size`` images run together (all inputs
-    share the resolution); results equal those of one image at a time. Unreadable images are
-    skipped as by ``engine.predict.predict_images``."""
+    share the resolution); results equal those of one image at a time. ``compile``: the model
+    through torch.compile. Unreadable images are skipped as by
+    ``engine.predict.predict_images``."""
     os.makedirs(output_dir, exist_ok=True)
     results_dir = os.path.join(output_dir, RESULTS_NAME)
     os.makedirs(results_dir, exist_ok=True)
     model.eval().to(device)
+    runner = torch.compile(model) if compile else model
     pictures = drawing_names(image_paths, output_dir)
     result_files = output_names(image_paths, results_dir, ".txt")
     views: dict[int, ModelView] = {}
@@ -81,7 +83,7 @@ def predict_images_3d(model, image_paths: Sequence[str], output_dir: str, device
         indices = [index for index, _, _ in group]
         calibs = torch.from_numpy(np.stack([views[i].P2 for i in indices])).float()
         sizes = torch.tensor([views[i].size for i in indices], dtype=torch.int64)
-        outputs = model(torch.stack([tensor for _, _, tensor in group]).to(device), calibs.to(device), sizes.to(device))
+        outputs = runner(torch.stack([tensor for _, _, tensor in group]).to(device), calibs.to(device), sizes.to(device))
         for (index, image, _), rows in zip(group, decode(as_float32(outputs), calibs, sizes, **decode_settings)):
             rows = [_in_image_rows(row, views[index].top) for row in rows]
             records[index] = _image_record(index, image, rows)

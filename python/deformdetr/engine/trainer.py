@@ -24,10 +24,10 @@ from deformdetr.engine.checkpoint import copy_atomic, preserved_rng, restore_rng
 from deformdetr.engine.predict import recorded_categories
 from deformdetr.engine.tasks import DEFAULT_TASK, get_task
 from deformdetr.engine.outputs import as_float32
-from deformdetr.models.checkpoint import WeightReport, family_of, load_weights, model_state_of, read_checkpoint
+from deformdetr.models.checkpoint import WeightReport, family_of, load_weights, model_state_of, read_checkpoint, read_weights
 from deformdetr.models.criterion import is_layer_copy
 
-__all__ = ["resolve_device", "train", "train_one_epoch", "evaluate_checkpoint"]
+__all__ = ["resolve_device", "train", "Trainer", "train_one_epoch", "accumulate_gradients", "evaluate_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
 BEST_NAME = "checkpoint_best.pth"
@@ -76,29 +76,20 @@ def _autocast(device: torch.device, amp: str):
 
 
 def train_one_epoch(task, model, criterion, loader, optimizer, device, epoch: int, clip_max_norm: float,
-                    amp: str = "off", scaler=None) -> dict:
+                    amp: str = "off", scaler=None, accumulate_steps: int = 1) -> dict:
+    """One pass over ``loader``; the optimizer steps once per ``accumulate_steps`` batches, on
+    the gradients of their union (see :func:`accumulate_gradients`)."""
     model.train()
     criterion.train()
     totals: dict[str, float] = {}
     count = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not dist.is_main_process(), leave=False,
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not dist.is_main_process(), leave=False,
                dynamic_ncols=True, file=sys.stderr)
-    for batch in bar:
-        inputs, targets = task.split_batch(batch, device)
-        with _autocast(device, amp):
-            outputs = model(*inputs)
-        outputs = as_float32(outputs)
-        losses = criterion(outputs, targets)
-        loss = criterion.total(losses)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}: training diverged "
-                                     f"(losses: { {k: float(v) for k, v in losses.items()} })")
+    for batches in _groups(loader, accumulate_steps):
         optimizer.zero_grad(set_to_none=True)
+        loss, losses = accumulate_gradients(task, model, criterion, batches, device, amp, scaler, epoch)
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-        else:
-            loss.backward()
         if clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
         if scaler is not None:
@@ -107,12 +98,55 @@ def train_one_epoch(task, model, criterion, loader, optimizer, device, epoch: in
         else:
             optimizer.step()
         count += 1
-        totals["loss"] = totals.get("loss", 0.0) + loss.item()
-        for key in losses:
+        totals["loss"] = totals.get("loss", 0.0) + loss
+        for key, value in losses.items():
             if not is_layer_copy(key):  # loss_ce_0, loss_ce_enc: the final layer's suffice
-                totals[key] = totals.get(key, 0.0) + float(losses[key].detach())
+                totals[key] = totals.get(key, 0.0) + value
+        bar.update(len(batches))
         bar.set_postfix(loss=f"{totals['loss'] / count:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+    bar.close()
     return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def _groups(loader, size: int):
+    """The loader's batches in lists of ``size`` (the last one maybe shorter)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def accumulate_gradients(task, model, criterion, batches: list, device, amp: str = "off", scaler=None,
+                         epoch: int = 0) -> tuple[float, dict]:
+    """Backward of the loss of ``batches`` taken as one batch, a part at a time: each part's
+    losses are normalised by the whole's target boxes (and its share of the images, for losses
+    that are batch means), so their gradients add up to the whole's. Returns the whole's loss and
+    its terms (detached), summed over the parts."""
+    parts = [task.split_batch(batch, device) for batch in batches]
+    every_target = [t for _, targets in parts for t in targets]
+    num_boxes = criterion.num_boxes(every_target, device, multiplier=criterion.matches_per_target())
+    total_images = len(every_target)
+    loss_sum, terms = 0.0, {}
+    for index, (inputs, targets) in enumerate(parts):
+        # Distributed: gradients are averaged across processes once, after the last part.
+        sync = nullcontext() if index == len(parts) - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with _autocast(device, amp):
+                outputs = model(*inputs)
+            losses = criterion(as_float32(outputs), targets, num_boxes=num_boxes, share=len(targets) / total_images)
+            loss = criterion.total(losses)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}: training diverged "
+                                         f"(losses: { {k: float(v) for k, v in losses.items()} })")
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss_sum += loss.item()
+        for key, value in losses.items():
+            terms[key] = terms.get(key, 0.0) + float(value.detach())
+    return loss_sum, terms
 
 
 def _write_log(output_dir: str, record: dict) -> None:
@@ -177,115 +211,171 @@ def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwr
     checkpoint to continue from (model, optimizer state, epoch and RNG state; the schedule follows
     the config). ``weights``: a new run that starts from a checkpoint's weights (ours or official;
     those of another shape, e.g. a head for other classes, keep their initialisation).
-    ``overwrite``: start afresh even where the output folder holds a previous run."""
-    cfg = copy.deepcopy(cfg)  # the task completes it (model.num_classes: auto) for config.json and checkpoints
-    if resume and weights:
-        raise ValueError("--weights starts a new run from a checkpoint's weights and --resume continues a "
-                         "run: give one of them")
-    device = resolve_device(cfg["device"])
-    dist.init_distributed(device)
-    if dist.is_distributed() and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    output_dir = cfg["output_dir"]
-    _check_output_dir(output_dir, resume, overwrite)
-    train_cfg = cfg["train"]
-    batch_size, workers = train_cfg["batch_size"], cfg["data"]["num_workers"]
-    seed = train_cfg["seed"] + dist.rank()
-    _seed_everything(seed)
+    ``overwrite``: start afresh even where the output folder holds a previous run. Returns
+    {"eval": the last metrics, "minutes", "output_dir", "best": the best epoch's record}."""
+    return Trainer(cfg, resume=resume, weights=weights, overwrite=overwrite, progress=progress).run()
 
-    task = get_task(cfg)
-    checkpoint = read_checkpoint(resume) if resume else None
-    if checkpoint is not None:
-        _check_resumable(checkpoint, resume)
-    # Data first, so that its errors come before any model is built or weights are downloaded.
-    # (Building the datasets draws no random numbers; preserved_rng keeps it that way.)
-    with preserved_rng():
-        train_set, val_set = task.build_datasets(
-            recorded_categories(checkpoint, cfg["model"]["num_classes"]) if checkpoint is not None else None)
-    if len(train_set) < batch_size * dist.world_size():
-        raise ValueError(f"the training split has {len(train_set)} samples, fewer than one batch "
-                         f"(train.batch_size={batch_size} x {dist.world_size()} processes): no step "
-                         f"would be taken")
-    model, criterion = task.build_model(load_pretrained=checkpoint is None and weights is None)
-    report = _load_start_weights(model, weights, task) if weights else None
-    model.to(device)
-    optimizer = task.build_optimizer(model)
-    scheduler = task.build_scheduler(optimizer)
-    start_epoch = 0
-    if checkpoint is not None:
-        load_weights(model, checkpoint["model"], resume, hint=_SAME_CONFIG)
-        start_epoch = checkpoint["epoch"] + 1
-        _restore_optimization(optimizer, scheduler, checkpoint, resume, start_epoch)
-    if dist.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-        _start_log(output_dir, resumed=checkpoint is not None)
-        with open(os.path.join(output_dir, "config.json"), "w") as handle:
-            json.dump(cfg, handle, indent=2)
+
+class Trainer:
+    """One training run, built from a config in the order that reports errors soonest (output
+    folder, checkpoint, data, model), then run epoch by epoch. Its parts are methods a subclass
+    may override: :meth:`build_loader`, :meth:`train_epoch`, :meth:`evaluate_epoch`, :meth:`save`."""
+
+    def __init__(self, cfg: dict, resume: Optional[str] = None, weights: Optional[str] = None,
+                 overwrite: bool = False, progress: bool = True):
+        if resume and weights:
+            raise ValueError("--weights starts a new run from a checkpoint's weights and --resume continues "
+                             "a run: give one of them")
+        self.cfg = cfg = copy.deepcopy(cfg)  # the task completes it (num_classes: auto) for what is saved
+        self.progress = progress
+        self.device = self._join_processes(resolve_device(cfg["device"]))
+        self.output_dir = cfg["output_dir"]
+        _check_output_dir(self.output_dir, resume, overwrite)
+        self.train_cfg = cfg["train"]
+        _seed_everything(self.train_cfg["seed"] + dist.rank())
+        self.task = get_task(cfg)
+        checkpoint = read_checkpoint(resume) if resume else None
+        if checkpoint is not None:
+            _check_resumable(checkpoint, resume)
+        # Data first, so that its errors come before any model is built or weights are downloaded.
+        # (Building the datasets draws no random numbers; preserved_rng keeps it that way.)
+        with preserved_rng():
+            recorded = recorded_categories(checkpoint, cfg["model"]["num_classes"]) if checkpoint else None
+            self.train_set, self.val_set = self.task.build_datasets(recorded)
+        self._check_enough_data()
+        self.model, self.criterion = self.task.build_model(load_pretrained=checkpoint is None and weights is None)
+        report = _load_start_weights(self.model, weights, self.task) if weights else None
+        self.model.to(self.device)
+        self.optimizer = self.task.build_optimizer(self.model)
+        self.scheduler = self.task.build_scheduler(self.optimizer)
+        self.start_epoch = 0
+        if checkpoint is not None:
+            load_weights(self.model, checkpoint["model"], resume, hint=_SAME_CONFIG)
+            self.start_epoch = checkpoint["epoch"] + 1
+            _restore_optimization(self.optimizer, self.scheduler, checkpoint, resume, self.start_epoch)
+        self._start_outputs(resumed=checkpoint is not None, weights=weights, report=report)
+        self.model_ddp = self._distributed(self.model)
+        if self.train_cfg["compile"]:
+            # The module trained and evaluated; checkpoints take the plain model's weights.
+            self.model_ddp = torch.compile(self.model_ddp)
+        fp16 = self.device.type == "cuda" and self.train_cfg["amp"] == "fp16"
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        self.categories = self.task.categories(self.train_set)
+        self.best = _Best(self.task.headline, checkpoint.get("best") if checkpoint is not None else None)
+        if checkpoint is not None:
+            # Everything that consumed randomness while building is done: continue the saved streams.
+            restore_rng_state(checkpoint["rng"])
+
+    # ---- setting up ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _join_processes(device: torch.device) -> torch.device:
+        dist.init_distributed(device)
+        if dist.is_distributed() and device.type == "cuda":
+            return torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    def _check_enough_data(self) -> None:
+        batch_size, processes = self.train_cfg["batch_size"], dist.world_size()
+        if len(self.train_set) < batch_size * processes:
+            raise ValueError(f"the training split has {len(self.train_set)} samples, fewer than one batch "
+                             f"(train.batch_size={batch_size} x {processes} processes): no step would be taken")
+
+    def _start_outputs(self, resumed: bool, weights: Optional[str], report) -> None:
+        if not dist.is_main_process():
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        _start_log(self.output_dir, resumed)
+        with open(os.path.join(self.output_dir, "config.json"), "w") as handle:
+            json.dump(self.cfg, handle, indent=2)
         if report is not None:
-            _write_weights_report(output_dir, weights, report)
-    model_ddp = model
-    if dist.is_distributed():
-        model_ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and train_cfg["amp"] == "fp16" else None
+            _write_weights_report(self.output_dir, weights, report)
 
-    categories = task.categories(train_set)
-    best = _Best(task.headline, checkpoint.get("best") if checkpoint is not None else None)
-    started = time.time()
-    last_eval: dict = {}
-    epochs = train_cfg["epochs"]
-    if start_epoch >= epochs and dist.is_main_process():
-        print(f"nothing to train: the checkpoint has finished epoch {start_epoch} of {epochs}; "
-              f"raise train.epochs to continue", file=sys.stderr)
-    if checkpoint is not None:
-        # Everything that consumed randomness while building is done: continue the saved streams.
-        restore_rng_state(checkpoint["rng"])
-    for epoch in range(start_epoch, epochs):
-        epoch_start = time.time()
-        loader = _loader(train_set, task.collate_fn, batch_size, True, workers, train_cfg["seed"], epoch)
-        stats = train_one_epoch(task, model_ddp, criterion, loader, optimizer, device, epoch,
-                                train_cfg["clip_max_norm"], train_cfg["amp"], scaler)
-        scheduler.step()
-        out_of_time = (train_cfg["max_minutes"] is not None
-                       and (time.time() - started) / 60 >= train_cfg["max_minutes"])
-        last = epoch == epochs - 1 or out_of_time
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - epoch_start,
-                  **{f"train_{k}": v for k, v in stats.items()}}
-        improved = False
-        if (epoch + 1) % train_cfg["eval_every"] == 0 or last:
-            with preserved_rng():
-                val_loader = _loader(val_set, task.collate_fn, batch_size, False, workers, train_cfg["seed"], epoch)
-                last_eval = task.evaluate(model_ddp, val_loader, val_set, device,
-                                          lambda: _autocast(device, train_cfg["amp"]))
-            record.update({f"test_{k}": v for k, v in last_eval.items()})
-            improved = best.update(last_eval, epoch)
+    def _distributed(self, model):
+        if not dist.is_distributed():
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _autocast(self):
+        return _autocast(self.device, self.train_cfg["amp"])
+
+    # ---- the parts of an epoch -----------------------------------------------------------------
+
+    def build_loader(self, dataset, train: bool, epoch: int) -> DataLoader:
+        return _loader(dataset, self.task.collate_fn, self.train_cfg["batch_size"], train,
+                       self.cfg["data"]["num_workers"], self.train_cfg["seed"], epoch)
+
+    def train_epoch(self, epoch: int) -> dict:
+        return train_one_epoch(self.task, self.model_ddp, self.criterion, self.build_loader(self.train_set, True, epoch),
+                               self.optimizer, self.device, epoch, self.train_cfg["clip_max_norm"],
+                               self.train_cfg["amp"], self.scaler, self.train_cfg["accumulate_steps"])
+
+    def evaluate_epoch(self, epoch: int) -> dict:
+        with preserved_rng():
+            loader = self.build_loader(self.val_set, False, epoch)
+            return self.task.evaluate(self.model_ddp, loader, self.val_set, self.device, self._autocast)
+
+    def save(self, epoch: int, improved: bool) -> None:
+        """The checkpoint of ``epoch`` (and, when it ``improved`` on the best, its copy)."""
         # Saved after all of the epoch's randomness: a resume restores what the next epoch starts from.
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(),
-                 "config": cfg, "args": dict(vars(model.config)), "categories": categories.to_list(),
-                 "best": best.record}
-        if dist.is_main_process():
-            save_atomic(state, os.path.join(output_dir, CHECKPOINT_NAME))
-            if improved:
-                copy_atomic(os.path.join(output_dir, CHECKPOINT_NAME), os.path.join(output_dir, BEST_NAME))
-                record["best_epoch"] = epoch
-            _write_log(output_dir, record)
-            if progress:
-                summary = f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f}"
-                if any(k.startswith("test_") for k in record):  # tasks list their headline metrics first
-                    summary += ", " + ", ".join(f"{k} {v:.3f}" for k, v in list(last_eval.items())[:2])
-                if improved:
-                    summary += f"; best {task.headline} so far -> {BEST_NAME}"
-                print(summary, flush=True)
-        if out_of_time:
-            break
-    if dist.is_main_process():
-        from deformdetr.engine.visualize import plot_log
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "lr_scheduler": self.scheduler.state_dict(), "epoch": epoch, "rng": rng_state(),
+                 "config": self.cfg, "args": dict(vars(self.model.config)),
+                 "categories": self.categories.to_list(), "best": self.best.record}
+        last = os.path.join(self.output_dir, CHECKPOINT_NAME)
+        save_atomic(state, last)
+        if improved:
+            copy_atomic(last, os.path.join(self.output_dir, BEST_NAME))
 
-        plot_log(os.path.join(output_dir, LOG_NAME), os.path.join(output_dir, "curves.png"), task.plot_panel)
-    dist.barrier()
-    return {"eval": last_eval, "minutes": (time.time() - started) / 60, "output_dir": output_dir,
-            "best": best.record}
+    # ---- the run -------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        started = time.time()
+        last_eval: dict = {}
+        epochs = self.train_cfg["epochs"]
+        if self.start_epoch >= epochs and dist.is_main_process():
+            print(f"nothing to train: the checkpoint has finished epoch {self.start_epoch} of {epochs}; "
+                  f"raise train.epochs to continue", file=sys.stderr)
+        for epoch in range(self.start_epoch, epochs):
+            epoch_start = time.time()
+            stats = self.train_epoch(epoch)
+            self.scheduler.step()
+            max_minutes = self.train_cfg["max_minutes"]
+            out_of_time = max_minutes is not None and (time.time() - started) / 60 >= max_minutes
+            record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                      "epoch_seconds": time.time() - epoch_start, **{f"train_{k}": v for k, v in stats.items()}}
+            evaluated = (epoch + 1) % self.train_cfg["eval_every"] == 0 or epoch == epochs - 1 or out_of_time
+            improved = False
+            if evaluated:
+                last_eval = self.evaluate_epoch(epoch)
+                record.update({f"test_{k}": v for k, v in last_eval.items()})
+                improved = self.best.update(last_eval, epoch)
+            if dist.is_main_process():
+                self.save(epoch, improved)
+                if improved:
+                    record["best_epoch"] = epoch
+                _write_log(self.output_dir, record)
+                if self.progress:
+                    print(self._epoch_line(epoch, stats, last_eval if evaluated else {}, improved), flush=True)
+            if out_of_time:
+                break
+        if dist.is_main_process():
+            from deformdetr.engine.visualize import plot_log
+
+            plot_log(os.path.join(self.output_dir, LOG_NAME), os.path.join(self.output_dir, "curves.png"),
+                     self.task.plot_panel)
+        dist.barrier()
+        return {"eval": last_eval, "minutes": (time.time() - started) / 60, "output_dir": self.output_dir,
+                "best": self.best.record}
+
+    def _epoch_line(self, epoch: int, stats: dict, metrics: dict, improved: bool) -> str:
+        line = f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f}"
+        if metrics:  # tasks list their headline metrics first
+            line += ", " + ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:2])
+        if improved:
+            line += f"; best {self.task.headline} so far -> {BEST_NAME}"
+        return line
 
 
 class _Best:
@@ -310,16 +400,20 @@ class _Best:
 def _load_start_weights(model, source: str, task) -> WeightReport:
     """A checkpoint's weights into a new model, those that fit; the rest keep their
     initialisation. Said in one line; the full report goes to the output folder."""
-    checkpoint = read_checkpoint(source)
-    state = model_state_of(checkpoint, source)
-    family = family_of(state, source).name
-    if family != task.family:
-        raise ValueError(f"--weights {source!r} holds a {family} model; a {task.name} config trains "
-                         f"{task.family} models")
+    state = _weights_for(task, read_weights(source), source)
     report = load_weights(model, state, source, strict=False, warn=False)
     if dist.is_main_process():
         print(f"weights from {source}: {report.summary()} (all listed in {WEIGHTS_REPORT_NAME})", file=sys.stderr)
     return report
+
+
+def _weights_for(task, checkpoint: dict, path: str) -> dict:
+    """The model weights of a checkpoint, which must be of the task's model family."""
+    state = model_state_of(checkpoint, path)
+    family = family_of(state, path).name
+    if family != task.family:
+        raise ValueError(f"{path!r} holds a {family} model; a {task.name} config uses {task.family} models")
+    return state
 
 
 def _write_weights_report(output_dir: str, source: str, report: WeightReport) -> None:
@@ -329,18 +423,15 @@ def _write_weights_report(output_dir: str, source: str, report: WeightReport) ->
 
 
 def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[str] = None) -> dict:
-    """The task's metrics of a checkpoint (ours or official) on the config's validation split;
+    """The task's metrics of a checkpoint (ours, official, or a Hugging Face model: see
+    models.checkpoint.read_weights) on the config's validation split;
     ``results_dir`` also receives the predictions in the benchmark's format (the task's)."""
     device = resolve_device(cfg["device"])
     dist.init_distributed(device)
-    state = read_checkpoint(checkpoint_path)
+    state = read_weights(checkpoint_path)
     cfg = _with_model_of_checkpoint(cfg, state, checkpoint_path)
     task = get_task(cfg)
-    weights = model_state_of(state, checkpoint_path)
-    family = family_of(weights, checkpoint_path).name
-    if family != task.family:
-        raise ValueError(f"{checkpoint_path!r} holds a {family} model, not a {task.family} one: evaluate it "
-                         f"with a config of the task for {family} models")
+    weights = _weights_for(task, state, checkpoint_path)
     val_set = task.build_eval_dataset(recorded_categories(state, cfg["model"]["num_classes"]))
     model, _ = task.build_model(load_pretrained=False)
     load_weights(model, weights, checkpoint_path, hint=_SAME_CONFIG)

@@ -26,6 +26,7 @@ __all__ = [
     "register_family",
     "family_of",
     "read_checkpoint",
+    "read_weights",
     "model_state_of",
     "settings_from_args",
     "state_dict_mismatches",
@@ -61,6 +62,17 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict of weights")
     return checkpoint
+
+
+def read_weights(source: str, map_location="cpu") -> dict:
+    """A checkpoint from any source: a file (:func:`read_checkpoint`), or a Hugging Face
+    transformers model, as a folder written by ``save_pretrained`` or a hub id
+    (:func:`deformdetr.models.hf.read_hf`, which gives it in our layout)."""
+    from deformdetr.models import hf
+
+    if os.path.isdir(source) or hf.looks_like_hub_id(source):
+        return hf.read_hf(source)
+    return read_checkpoint(source, map_location)
 
 
 def _unpickling_message(path: str, error: Exception) -> str:
@@ -179,7 +191,8 @@ class Family:
     win and need not be read). ``assumed(checkpoint, given)``: the settings that the file cannot
     tell and that nobody gave, each as ``"name=value (why)"``, for the warning.
     ``build(**settings)``: the model; ``config_class``: the dataclass of its settings (the fields
-    read from saved args). ``exclude_from_args``: saved args that must not be taken as settings."""
+    read from saved args). ``exclude_from_args``: saved args that must not be taken as settings.
+    ``official_layout(model)``: the model as its official code saves a checkpoint."""
 
     name: str
     marker: str
@@ -187,6 +200,7 @@ class Family:
     infer: Callable[[dict, dict], dict]
     assumed: Callable[[dict, dict], list]
     build: Callable[..., nn.Module]
+    official_layout: Callable[[nn.Module], dict]
     exclude_from_args: tuple = ()
 
 
@@ -215,16 +229,17 @@ def family_of(state: dict, path: str = "the state dict") -> Family:
 
 def load_checkpoint(path: str, map_location="cpu", strict: bool = True, family: Optional[str] = None,
                     **overrides) -> nn.Module:
-    """Builds the model a checkpoint file was saved from, and loads its weights.
+    """Builds the model a checkpoint was saved from, and loads its weights.
 
-    Works for deformdetr's training checkpoints and the official Deformable DETR and MonoDETR
-    ones (and bare state dicts); the family comes from the weights (or ``family=``). Settings come
-    from the checkpoint's saved ``args`` where it has them, else from the state dict's keys and
-    shapes; ``overrides`` settle what neither tells (e.g. ``nheads``: assumed at the official
+    Works for deformdetr's training checkpoints, the official Deformable DETR and MonoDETR ones
+    (and bare state dicts), and Hugging Face transformers' Deformable DETR (a folder written by
+    ``save_pretrained``, or a hub id; see :func:`read_weights`); the family comes from the
+    weights (or ``family=``). Settings come from the checkpoint's saved ``args`` (or config.json)
+    where it has them, else from the state dict's keys and shapes; ``overrides`` settle what neither tells (e.g. ``nheads``: assumed at the official
     default, with a warning) and replace what they can (``num_classes=7`` for fine-tuning, with
     ``strict=False``: weights missing from the file or of another shape keep their
     initialisation, with a warning naming them)."""
-    return model_from_checkpoint(read_checkpoint(path, map_location), path, strict, family, **overrides)
+    return model_from_checkpoint(read_weights(path, map_location), path, strict, family, **overrides)
 
 
 def model_from_checkpoint(checkpoint: dict, path: str, strict: bool = True, family: Optional[str] = None,

@@ -5,7 +5,7 @@ the encoder proposals. Loss names and weights are the official ones."""
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +123,8 @@ class SetCriterion(nn.Module):
 
     #: losses of the final layer only (MonoDETR's depth map, the same for every layer)
     final_layer_only: tuple = ()
+    #: losses that are means over the batch (not sums over its target boxes, like the rest)
+    batch_means: tuple = ()
 
     def match(self, outputs, targets) -> list:
         """Each image's (query indices, target indices) for one layer's outputs."""
@@ -132,10 +134,15 @@ class SetCriterion(nn.Module):
         """How many queries each target is matched to (MonoDETR: one per query group in training)."""
         return 1
 
-    def forward(self, outputs: Mapping, targets: Sequence[Mapping[str, Tensor]]) -> dict:
+    def forward(self, outputs: Mapping, targets: Sequence[Mapping[str, Tensor]], num_boxes: Optional[float] = None,
+                share: float = 1.0) -> dict:
+        """The losses of every layer. For gradient accumulation, a part of a larger batch passes
+        that batch's ``num_boxes`` and its ``share`` of it (the part's images over the batch's):
+        the parts' losses then add up to the larger batch's."""
         targets = self.checked_targets(targets)
         final = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
-        num_boxes = self.num_boxes(targets, final["pred_logits"].device, multiplier=self.matches_per_target())
+        if num_boxes is None:
+            num_boxes = self.num_boxes(targets, final["pred_logits"].device, multiplier=self.matches_per_target())
         losses = self._losses(final, targets, num_boxes, suffix="", final=True)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             losses.update(self._losses(aux, targets, num_boxes, suffix=f"_{i}", final=False))
@@ -143,6 +150,8 @@ class SetCriterion(nn.Module):
             # Encoder proposals are class-agnostic: every target counts as class 0.
             binary = [dict(t, labels=torch.zeros_like(t["labels"])) for t in targets]
             losses.update(self._losses(outputs["enc_outputs"], binary, num_boxes, suffix="_enc", final=False))
+        if share != 1.0:
+            losses.update({k: v * share for k, v in losses.items() if k in self.batch_means})
         return losses
 
     def _losses(self, outputs, targets, num_boxes, suffix: str, final: bool) -> dict:

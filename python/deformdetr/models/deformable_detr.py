@@ -3,7 +3,9 @@ of official checkpoints. Module and parameter names equal the official implement
 
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
@@ -154,6 +156,7 @@ class DeformableDETRConfig:
     aux_loss: bool = True
     lr_backbone: float = 2e-5  # > 0 trains layer2..layer4 of the backbone, as officially
     backbone_from_scratch: bool = False  # not official: train all of the ResNet, with batch norm
+    checkpoint_activations: bool = False  # recompute transformer layers in the backward (memory)
 
 
 #: The five official variants (the official configs/*.sh), as overrides of the defaults.
@@ -172,6 +175,7 @@ def build_deformable_detr(config: DeformableDETRConfig) -> DeformableDETR:
     transformer = DeformableTransformer(
         **detector.transformer_arguments(config), two_stage=config.two_stage, two_stage_num_proposals=config.num_queries
     )
+    transformer.set_activation_checkpointing(config.checkpoint_activations)
     model = DeformableDETR(backbone, transformer, **detector.config_values(
         config, "num_classes", "num_queries", "num_feature_levels", "aux_loss", "with_box_refine", "two_stage"))
     model.config = config
@@ -252,6 +256,16 @@ def _assumed_settings(checkpoint: dict, given: dict) -> list:
     return [f"{k}={getattr(defaults, k)} ({why})" for k, why in unrecorded.items() if k not in given]
 
 
+def official_checkpoint(model: DeformableDETR) -> dict:
+    """The layout the official main.py saves: the state dict and its arguments (an
+    argparse.Namespace of the settings, which carry the official names; the official code takes
+    the number of classes from its data set, so it is not among them)."""
+    args = {k: v for k, v in dataclasses.asdict(model.config).items() if k not in ("num_classes", "backbone_from_scratch")}
+    if model.config.backbone_from_scratch:
+        args["backbone_from_scratch"] = True  # not official, but needed to rebuild the model
+    return {"model": model.state_dict(), "args": argparse.Namespace(**args)}
+
+
 FAMILY = ckpt.register_family(ckpt.Family(
     name="deformable_detr",
     marker="transformer.level_embed",
@@ -259,5 +273,6 @@ FAMILY = ckpt.register_family(ckpt.Family(
     infer=lambda state, given: config_from_state_dict(state, nheads=given.get("nheads", 8), known=given),
     assumed=_assumed_settings,
     build=lambda **settings: build_deformable_detr(make_config("multi_scale", **settings)),
+    official_layout=official_checkpoint,
     exclude_from_args=("num_classes",),  # official args do not hold it: the head tells
 ))

@@ -11,9 +11,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from deformdetr.ops import MSDeformAttn
+from deformdetr.ops import MSDeformAttn, reference_in_use, spatial_shapes_tensor
 
 __all__ = [
     "DeformableTransformer",
@@ -31,6 +32,13 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def _pixel_indices(count, device) -> Tensor:
+    """0, 1, ..., count - 1 as float32: the official code's linspace(0, count - 1, count), exactly
+    (small integers and halves are exact in float32), with a size that torch.export traces
+    symbolically where linspace's step count would be baked in."""
+    return torch.arange(count, dtype=torch.float32, device=device)
+
+
 def _clones(module: nn.Module, count: int) -> nn.ModuleList:
     return nn.ModuleList([copy.deepcopy(module) for _ in range(count)])
 
@@ -44,6 +52,15 @@ def _activation(name: str):
 
 def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
     return x if pos is None else x + pos
+
+
+def _run_layer(layer: nn.Module, recompute: bool, *args, **kwargs):
+    """``layer(*args, **kwargs)``; with ``recompute`` (training with activation checkpointing), its
+    activations are not kept but recomputed in the backward (same values: the RNG state of
+    dropout is replayed)."""
+    if recompute and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False, **kwargs)
+    return layer(*args, **kwargs)
 
 
 def _ratios_for(valid_ratios: Tensor, reference_dims: int) -> Tensor:
@@ -87,6 +104,13 @@ class EncodedLevels:
     valid_ratios: Tensor  # (N, L, 2) (w, h) unpadded fraction of each level
     shapes: list  # [(H, W)] per level, as Python ints (no device sync to read them)
 
+    @property
+    def attention_shapes(self):
+        """The level sizes as the attention in use takes them: the tensor for the native kernels;
+        the Python sizes for the pure-PyTorch reference, which reads them anyway, and which
+        torch.export then traces symbolically (one exported graph for every image size)."""
+        return self.shapes if reference_in_use() else self.spatial_shapes
+
 
 class DeformableTransformerEncoderLayer(_FeedForward):
     def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, activation: str = "relu",
@@ -110,6 +134,7 @@ class DeformableTransformerEncoder(nn.Module):
         super().__init__()
         self.layers = _clones(encoder_layer, num_layers)
         self.num_layers = num_layers
+        self.checkpoint_activations = False
 
     @staticmethod
     def get_reference_points(spatial_shapes, valid_ratios: Tensor, device) -> Tensor:
@@ -117,11 +142,8 @@ class DeformableTransformerEncoder(nn.Module):
         (N, S, L, 2) (x, y)."""
         points = []
         for level, (height, width) in enumerate(spatial_shapes):
-            ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
-                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
-                indexing="ij",
-            )
+            ref_y, ref_x = torch.meshgrid(_pixel_indices(height, device) + 0.5, _pixel_indices(width, device) + 0.5,
+                                          indexing="ij")
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
             ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
             points.append(torch.stack((ref_x, ref_y), -1))
@@ -134,7 +156,8 @@ class DeformableTransformerEncoder(nn.Module):
         reference_points = self.get_reference_points(shapes, valid_ratios, device=src.device)
         output = src
         for layer in self.layers:
-            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            output = _run_layer(layer, self.checkpoint_activations, output, pos, reference_points, spatial_shapes,
+                                level_start_index, padding_mask)
         return output
 
 
@@ -171,6 +194,7 @@ class DeformableTransformerDecoder(nn.Module):
         super().__init__()
         self.layers = _clones(decoder_layer, num_layers)
         self.num_layers = num_layers
+        self.checkpoint_activations = False
         self.return_intermediate = return_intermediate
         self.bbox_embed = None
         self.class_embed = None
@@ -185,8 +209,8 @@ class DeformableTransformerDecoder(nn.Module):
         for lid, layer in enumerate(self.layers):
             scale = _ratios_for(src_valid_ratios, reference_points.shape[-1])
             reference_points_input = reference_points[:, :, None] * scale[:, None]
-            output = layer(output, query_pos, reference_points_input, src, src_spatial_shapes,
-                           src_level_start_index, src_padding_mask, **layer_inputs)
+            output = _run_layer(layer, self.checkpoint_activations, output, query_pos, reference_points_input,
+                                src, src_spatial_shapes, src_level_start_index, src_padding_mask, **layer_inputs)
             if self.bbox_embed is not None:
                 reference_points = self._refine(self.bbox_embed[lid](output), reference_points)
             per_layer.append((output, reference_points, *self.layer_extras(lid, output)))
@@ -255,6 +279,11 @@ class DeformableTransformer(nn.Module):
             nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each encoder and decoder layer in the backward instead of keeping its
+        activations: less memory in training, the same gradients, some more time."""
+        self.encoder.checkpoint_activations = self.decoder.checkpoint_activations = bool(enabled)
+
     def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
         """Sine embedding of proposal boxes (logits): (N, K, 4) -> (N, K, 2 * d_model). The
         official code fixes 128 features per coordinate, which is d_model // 2 at its d_model 256."""
@@ -275,11 +304,8 @@ class DeformableTransformer(nn.Module):
             level_mask = memory_padding_mask[:, cursor : cursor + height * width].view(batch, height, width, 1)
             valid_h = torch.sum(~level_mask[:, :, 0, 0], 1)
             valid_w = torch.sum(~level_mask[:, 0, :, 0], 1)
-            grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, height - 1, height, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, width - 1, width, dtype=torch.float32, device=memory.device),
-                indexing="ij",
-            )
+            grid_y, grid_x = torch.meshgrid(_pixel_indices(height, memory.device), _pixel_indices(width, memory.device),
+                                            indexing="ij")
             grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
             scale = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(batch, 1, 1, 2)
             grid = (grid.unsqueeze(0).expand(batch, -1, -1, -1) + 0.5) / scale
@@ -309,15 +335,15 @@ class DeformableTransformer(nn.Module):
         yet encoded), with the position (+ level) embeddings beside them."""
         src_flatten, mask_flatten, lvl_pos_embed_flatten, shapes = [], [], [], []
         for level, (src, mask, pos_embed) in enumerate(zip(srcs, masks, pos_embeds)):
-            height, width = src.shape[-2:]
-            shapes.append((int(height), int(width)))
+            height, width = src.shape[-2:]  # symbolic under torch.export: int() would bake them in
+            shapes.append((height, width))
             src_flatten.append(src.flatten(2).transpose(1, 2))
             mask_flatten.append(mask.flatten(1))
             lvl_pos_embed_flatten.append(
                 pos_embed.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
             )
         src_flatten = torch.cat(src_flatten, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        spatial_shapes = spatial_shapes_tensor(shapes, src_flatten.device)
         levels = EncodedLevels(
             memory=src_flatten,
             padding_mask=torch.cat(mask_flatten, 1),
@@ -331,7 +357,7 @@ class DeformableTransformer(nn.Module):
     def encode(self, srcs, masks, pos_embeds) -> EncodedLevels:
         """The encoder's memory over the flattened levels, with their geometry."""
         levels, pos = self.flatten_levels(srcs, masks, pos_embeds)
-        memory = self.encoder(levels.memory, levels.spatial_shapes, levels.level_start_index,
+        memory = self.encoder(levels.memory, levels.attention_shapes, levels.level_start_index,
                               levels.valid_ratios, pos, levels.padding_mask, shapes_list=levels.shapes)
         return replace(levels, memory=memory)
 
@@ -345,7 +371,7 @@ class DeformableTransformer(nn.Module):
 
     def decode(self, tgt, reference_points, query_pos, levels: EncodedLevels, **layer_inputs):
         """The decoder's queries attending to the encoded levels (see the decoder's forward)."""
-        return self.decoder(tgt, reference_points, levels.memory, levels.spatial_shapes, levels.level_start_index,
+        return self.decoder(tgt, reference_points, levels.memory, levels.attention_shapes, levels.level_start_index,
                             levels.valid_ratios, query_pos, levels.padding_mask, **layer_inputs)
 
     def forward(self, srcs, masks, pos_embeds, query_embed: Optional[Tensor] = None):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["pad_images", "as_padded_batch", "check_images", "resize_mask"]
@@ -92,5 +91,18 @@ def as_padded_batch(
 
 
 def resize_mask(mask: Tensor, size: Sequence[int]) -> Tensor:
-    """The padding mask at a feature map's size (nearest neighbour, as the official code)."""
-    return F.interpolate(mask[None].float(), size=tuple(size)).to(torch.bool)[0]
+    """The padding mask (B, H, W) at a feature map's size: nearest neighbour, as the official
+    code's F.interpolate, bit for bit. The source rows and columns are computed as torch computes
+    them (below), not left to an exporter: ONNX's Resize rounds otherwise (from 224 columns to 4 it
+    takes column 111 where torch takes 112), and a padding mask is all or nothing."""
+    rows = _nearest_sources(mask.shape[-2], size[0], mask.device)
+    columns = _nearest_sources(mask.shape[-1], size[1], mask.device)
+    return mask[:, rows][:, :, columns]
+
+
+def _nearest_sources(source: int, target: int, device) -> Tensor:
+    """torch's nearest-neighbour source index of each of ``target`` positions: floor(index *
+    (source / target)), the ratio and the product in float32, at most source - 1."""
+    ratio = torch.scalar_tensor(source, dtype=torch.float32, device=device) / target
+    index = torch.arange(target, dtype=torch.float32, device=device) * ratio
+    return index.floor().long().clamp(max=source - 1)

@@ -3,7 +3,7 @@ pure-PyTorch reference.
 
 Shapes follow the official implementation:
     value               (N, S, M, D)     S = sum of H*W over the L levels
-    spatial_shapes      (L, 2) int64     (H, W) of each level
+    spatial_shapes      (L, 2) int64     (H, W) of each level; or a list of L (H, W) pairs
     level_start_index   (L,)   int64     offset of each level in S
     sampling_locations  (N, Lq, M, L, P, 2) normalised (x, y), 0..1 spans the map
     attention_weights   (N, Lq, M, L, P)
@@ -13,6 +13,7 @@ Shapes follow the official implementation:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import warnings
 
@@ -20,11 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deformdetr._native import _C, cuda_stream_of, dense, num_threads
+from deformdetr._native import _C, cuda_stream_of, dense, num_threads, on_device_of
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "use_reference", "reference_in_use",
+           "spatial_shapes_tensor", "check_level_geometry"]
 
 _16_BIT = (torch.float16, torch.bfloat16)
+
+# Set to "1" to check the level geometry on the host before every call, on any device.
+CHECK_LEVELS_ENV = "DEFORMDETR_CHECK_LEVELS"
 
 
 @torch.library.custom_op("deformdetr::ms_deform_attn", mutates_args=())
@@ -39,10 +44,13 @@ def _ms_deform_attn_op(
         dense(t) for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     )
     output = _empty_output(value, sampling_locations)
-    _C.ms_deform_attn_forward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        output, num_threads(), cuda_stream_of(value),
-    )
+    if os.environ.get(CHECK_LEVELS_ENV) == "1":
+        check_level_geometry(spatial_shapes, level_start_index, value.shape[1])
+    with on_device_of(value):
+        _C.ms_deform_attn_forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            output, num_threads(), cuda_stream_of(value),
+        )
     return output.flatten(2)
 
 
@@ -100,10 +108,12 @@ def _ms_deform_attn_backward_op(
     grad_value = torch.empty(value.shape, dtype=accum_dtype, device=value.device)
     grad_locations = torch.empty_like(sampling_locations)
     grad_weights = torch.empty_like(attention_weights)
-    _C.ms_deform_attn_backward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        grad_output, grad_value, grad_locations, grad_weights, num_threads(), cuda_stream_of(value),
-    )
+    with on_device_of(value):
+        _C.ms_deform_attn_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            grad_output, grad_value, grad_locations, grad_weights, num_threads(),
+            cuda_stream_of(value),
+        )
     return grad_value.to(value.dtype), grad_locations, grad_weights
 
 
@@ -168,9 +178,14 @@ def use_reference(enabled: bool = True):
         _state.reference = previous
 
 
+def reference_in_use() -> bool:
+    """Whether ``ms_deform_attn`` runs the reference here (inside ``use_reference()``)."""
+    return getattr(_state, "reference", False)
+
+
 def ms_deform_attn(
     value: Tensor,
-    spatial_shapes: Tensor,
+    spatial_shapes,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
@@ -179,34 +194,67 @@ def ms_deform_attn(
 
     Runs the native kernels (CPU: float32/float64; CUDA: also float16/bfloat16), differentiable
     in value, sampling_locations and attention_weights. Inside ``use_reference()`` it runs
-    :func:`ms_deform_attn_reference` instead.
+    :func:`ms_deform_attn_reference` instead. ``spatial_shapes`` may be a list of (H, W) pairs.
+
+    The levels must tile value: ``level_start_index`` the running sum of the levels' H*W, and
+    their sum S = ``value.shape[1]``. On the CPU a violation raises ValueError. On CUDA the
+    shapes are not read on the host (that would synchronise): a level whose (start, H, W) would
+    reach outside value contributes nothing, and other inconsistent geometry (levels that overlap
+    or leave gaps) is computed as given. To get the CPU's errors on CUDA, call
+    :func:`check_level_geometry` on the inputs, or set the environment variable
+    ``DEFORMDETR_CHECK_LEVELS=1`` to check before every call (one host synchronisation each).
     """
-    if getattr(_state, "reference", False):
+    if reference_in_use():
         return ms_deform_attn_reference(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
+    if not isinstance(spatial_shapes, Tensor):
+        spatial_shapes = spatial_shapes_tensor(spatial_shapes, value.device)
     return _ms_deform_attn_op(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
 
 
+def check_level_geometry(spatial_shapes: Tensor, level_start_index: Tensor, value_len: int) -> None:
+    """Raises ValueError, with the CPU kernels' message, unless the levels tile a value of length
+    ``value_len`` exactly: every (H, W) positive, ``level_start_index`` the running sum of H*W,
+    and the sum equal to ``value_len``. The CPU path always checks this; the CUDA path does not
+    (see :func:`ms_deform_attn`). Copies the two small tensors to the host, which synchronises
+    with the GPU when they live there."""
+    _C.ms_deform_attn_check_levels(
+        dense(spatial_shapes.cpu()), dense(level_start_index.cpu()), int(value_len)
+    )
+
+
+def spatial_shapes_tensor(shapes, device=None) -> Tensor:
+    """(L, 2) int64 of a list of L (H, W) pairs, built size by size: torch.as_tensor would bake
+    the values of sizes that torch.export traces symbolically into the exported graph."""
+    return torch.stack([torch.stack([torch.scalar_tensor(size, dtype=torch.int64, device=device) for size in shape])
+                        for shape in shapes])
+
+
 def ms_deform_attn_reference(
     value: Tensor,
-    spatial_shapes: Tensor,
+    spatial_shapes,
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """The same maths in plain PyTorch with ``grid_sample``: slow, but obviously right."""
+    """The same maths in plain PyTorch with ``grid_sample``: slow, but obviously right.
+
+    ``spatial_shapes`` given as a list of (H, W) pairs is used as it is: sizes that torch.export
+    traces symbolically stay symbolic (a tensor's values would be baked in), so the exported
+    graph serves any image size."""
     _check_ranks(value, sampling_locations)
     batch, _, heads, channels = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    level_sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    per_level_value = value.split(level_sizes, dim=1)
+    if isinstance(spatial_shapes, Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    per_level_value = value.split([h * w for h, w in spatial_shapes], dim=1)
     # grid_sample's grid spans [-1, 1]; with align_corners=False, -1 is the left edge of pixel 0.
     grids = 2 * sampling_locations - 1
     sampled = []
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+    for level, (height, width) in enumerate(spatial_shapes):
         level_value = (
             per_level_value[level].permute(0, 2, 3, 1).reshape(batch * heads, channels, height, width)
         )

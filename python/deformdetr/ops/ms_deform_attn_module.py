@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deformdetr.ops.ms_deform_attn import ms_deform_attn
+from deformdetr.ops.ms_deform_attn import ms_deform_attn, spatial_shapes_tensor
 
 __all__ = ["MSDeformAttn"]
 
@@ -98,7 +98,10 @@ class MSDeformAttn(nn.Module):
             batch, queries, self.n_heads, self.n_levels, self.n_points
         )
         locations = self._sampling_locations(reference_points, offsets, spatial_shapes)
-        output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+        # Sizes given as a list go on as they are: the reference reads them without the tensor's
+        # values (what torch.export needs to trace them).
+        sizes = input_spatial_shapes if isinstance(input_spatial_shapes, (list, tuple)) else spatial_shapes
+        output = ms_deform_attn(value, sizes, level_start_index, locations, weights)
         return self.output_proj(output)
 
     def _sampling_locations(
@@ -121,7 +124,9 @@ class MSDeformAttn(nn.Module):
     def _level_tensor(self, name: str, levels, shape: tuple, input_flatten: Tensor) -> Tensor:
         # Only shapes are checked: reading values would synchronise with a CUDA device (the
         # kernels' binding checks them on the CPU).
-        if isinstance(levels, (list, tuple)):
+        if isinstance(levels, (list, tuple)) and levels and isinstance(levels[0], (list, tuple)):
+            levels = spatial_shapes_tensor(levels, input_flatten.device)
+        elif isinstance(levels, (list, tuple)):
             levels = torch.as_tensor(levels, dtype=torch.int64, device=input_flatten.device)
         if not isinstance(levels, Tensor):
             raise TypeError(

@@ -112,10 +112,10 @@ class Task:
         return Categories.from_label_names({}, num_classes)
 
     def predict_images(self, model, image_paths, output_dir: str, device, threshold: Optional[float], categories,
-                       batch_size: int = 1, **options):
+                       batch_size: int = 1, compile: bool = False, **options):
         """Predictions on image files, written into ``output_dir`` (``deformdetr predict``), as
-        engine.predict.Predictions records; ``threshold`` None: the task's default; ``options``:
-        values of :attr:`predict_options`."""
+        engine.predict.Predictions records; ``threshold`` None: the task's default; ``compile``:
+        through torch.compile; ``options``: values of :attr:`predict_options`."""
         raise ValueError(f"`deformdetr predict` does not handle {self.name} models yet")
 
     def validation_images(self) -> tuple[list[str], dict]:

@@ -200,7 +200,7 @@ class DetectionTask(Task):
             super().default_categories(num_classes)
 
     def predict_images(self, model, image_paths, output_dir: str, device, threshold: Optional[float], categories,
-                       batch_size: int = 1):
+                       batch_size: int = 1, compile: bool = False):
         """Detections on image files (engine.predict.predict_images) with this config's evaluation
         transform, scoring at least ``threshold`` (None: :data:`PREDICT_THRESHOLD`)."""
         from deformdetr.data.transforms import make_coco_transforms
@@ -208,7 +208,8 @@ class DetectionTask(Task):
 
         transform = make_coco_transforms("val", **transform_settings(self.cfg["data"]))
         return predict_images(model, image_paths, output_dir, transform, device,
-                              PREDICT_THRESHOLD if threshold is None else threshold, categories, batch_size=batch_size)
+                              PREDICT_THRESHOLD if threshold is None else threshold, categories, batch_size=batch_size,
+                              compile=compile)
 
     def validation_images(self) -> tuple[list[str], dict]:
         data = self.cfg["data"]

@@ -151,16 +151,19 @@ class Mono3DTask(Task):
                                                     for k, v in shown.items())
 
     def predict_images(self, model, image_paths, output_dir: str, device, threshold: Optional[float], categories,
-                       batch_size: int = 1, calib: Optional[str] = None, intrinsics: Optional[str] = None):
+                       batch_size: int = 1, compile: bool = False, calib: Optional[str] = None,
+                       intrinsics: Optional[str] = None):
         """3D boxes on image files (engine.predict_3d.predict_images_3d), each image with its camera
         (``calib`` or ``intrinsics``, see data.camera.image_cameras), at data.resolution and
-        decoded as in evaluation; ``threshold`` replaces test.threshold."""
+        decoded as in evaluation; ``threshold`` replaces test.threshold; ``compile``: the model
+        through torch.compile."""
         from deformdetr.data.camera import image_cameras
         from deformdetr.engine.predict_3d import predict_images_3d
 
         cameras = image_cameras(image_paths, calib, intrinsics)
         return predict_images_3d(model, image_paths, output_dir, device, cameras, self.cfg["data"]["resolution"],
-                                 self.decode_settings(threshold), categories, batch_size=batch_size)
+                                 self.decode_settings(threshold), categories, batch_size=batch_size,
+                                 compile=compile)
 
     def validation_images(self) -> tuple[list[str], dict]:
         from deformdetr.data.kitti_dataset import read_split_file

@@ -107,6 +107,9 @@ class MonoSetCriterion(SetCriterion):
         return {"loss_depth_map": self.ddn_loss(logits, box_cxcywh_to_xyxy_reference(boxes), counts, depths)}
 
     final_layer_only = ("depth_map",)
+    # The depth map loss is a mean over the batch's pixels. (loss_dim's rescaling factor is a
+    # batch statistic too: with gradient accumulation it is that of each part.)
+    batch_means = ("loss_depth_map",)
 
     def _groups(self) -> int:
         return self.group_num if self.training else 1

@@ -141,7 +141,7 @@ class DepthPredictor(nn.Module):
 
     def interpolate_depth_embed(self, depth: Tensor) -> Tensor:
         """Linear interpolation of the per-metre embedding at each pixel's depth: (B, C, H, W)."""
-        depth = depth.clamp(min=0, max=self.depth_max)
+        depth = depth.clamp(min=0.0, max=self.depth_max)  # both floats: torch's ONNX exporter fails on mixed bounds
         floor = depth.floor()
         delta = (depth - floor).unsqueeze(-1)
         lower = floor.long()

@@ -59,6 +59,7 @@ class MonoDETRConfig:
     init_box: bool = False
     aux_loss: bool = True
     backbone_from_scratch: bool = False  # not official: train all of the ResNet, with batch norm
+    checkpoint_activations: bool = False  # recompute transformer layers in the backward (memory)
 
 
 class MonoDETR(MultiScaleDetector):
@@ -182,6 +183,7 @@ class MonoDETR(MultiScaleDetector):
 def build_monodetr(config: MonoDETRConfig) -> MonoDETR:
     backbone = detector.build_joiner(config, train_backbone=config.train_backbone, offset=0.0)
     transformer = DepthAwareTransformer(**detector.transformer_arguments(config), group_num=config.group_num)
+    transformer.set_activation_checkpointing(config.checkpoint_activations)
     depth_predictor = DepthPredictor(
         d_model=config.hidden_dim, encoder_nhead=config.depth_encoder_nheads,
         encoder_dim_feedforward=config.depth_encoder_dim_feedforward,
@@ -260,4 +262,5 @@ FAMILY = ckpt.register_family(ckpt.Family(
         state, nheads=given.get("nheads", 8), group_num=given.get("group_num", 11), known=given),
     assumed=_assumed_settings,
     build=lambda **settings: build_monodetr(make_monodetr_config(**settings)),
+    official_layout=lambda model: {"model_state": model.state_dict()},  # as the official trainer saves it
 ))
