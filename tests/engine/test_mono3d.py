@@ -7,7 +7,7 @@ import pytest
 from deformdetr.cli import main
 from deformdetr.data import generate_synthetic_kitti
 from deformdetr.models.checkpoint import read_checkpoint
-from deformdetr.eval import read_kitti_result_dir
+from deformdetr.eval.kitti import read_kitti_result_dir
 
 TINY_MONO = ["data.num_workers=0", "train.batch_size=4", "train.epochs=1", "device=cpu",
              "model.hidden_dim=64", "model.enc_layers=1", "model.dec_layers=1", "model.num_queries=6"]

@@ -163,7 +163,7 @@ def _umask():
 
 def test_resume_follows_a_changed_lr_drop(tmp_path, tiny_overrides):
     dropping = [*tiny_overrides, "train.lr_drop=1"]
-    straight = train(load_config("demo_synthetic", [*dropping, f"output_dir={tmp_path / 'a'}"]), progress=False)
+    train(load_config("demo_synthetic", [*dropping, f"output_dir={tmp_path / 'a'}"]), progress=False)
     first = train(load_config("demo_synthetic", [*tiny_overrides, "train.epochs=1",
                                                  f"output_dir={tmp_path / 'b'}"]), progress=False)
     train(load_config("demo_synthetic", [*dropping, f"output_dir={tmp_path / 'b'}"]),

@@ -27,14 +27,23 @@ def image_size(text: str) -> tuple:
     return height, width
 
 
-def median_seconds(run, repeat: int, warmup: int = 1) -> float:
-    """Median seconds of ``repeat`` calls of ``run``, after ``warmup`` calls (first-call
-    allocations and set-up)."""
+def call_seconds(run, repeat: int, warmup: int = 1, sync=None) -> list:
+    """Seconds of each of ``repeat`` calls of ``run``, after ``warmup`` calls (first-call
+    allocations and set-up). ``sync``, when given, is called before each clock reading, so
+    that asynchronous work (CUDA kernels) is counted where it runs."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         run()
     times = []
     for _ in range(repeat):
+        sync()
         started = time.perf_counter()
         run()
+        sync()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(run, repeat: int, warmup: int = 1, sync=None) -> float:
+    """Median of :func:`call_seconds`."""
+    return statistics.median(call_seconds(run, repeat, warmup, sync))

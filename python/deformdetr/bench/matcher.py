@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ try:
 except ImportError as error:  # scipy is the reference here, not a dependency of the package
     raise SystemExit("the matcher benchmark compares against scipy: pip install scipy") from error
 
-from deformdetr.bench import positive_int
+from deformdetr.bench import call_seconds, positive_int
 from deformdetr.models import HungarianMatcher
 from deformdetr.models.matcher import matching_cost_reference
 from deformdetr.ops import linear_sum_assignment
@@ -54,14 +53,9 @@ def random_batch(batch, queries, classes, mean_targets, seed=0):
 
 
 def best_ms(fn, repeats, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return min(times), statistics.median(times)
+    """(best, median) milliseconds of ``repeats`` calls."""
+    times = call_seconds(fn, repeats, warmup)
+    return 1e3 * min(times), 1e3 * statistics.median(times)
 
 
 def main(argv=None):

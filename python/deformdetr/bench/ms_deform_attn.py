@@ -11,11 +11,10 @@ Prints forward and forward+backward times of both and their ratio, measured in t
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from deformdetr.bench import positive_int
+from deformdetr.bench import median_seconds, positive_int
 from deformdetr.ops import ms_deform_attn, ms_deform_attn_reference
 
 LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
@@ -61,18 +60,7 @@ def make_inputs(batch, queries, device, dtype, layout="local", heads=8, channels
 
 
 def timed(fn, device, repeat, warmup=1):
-    for _ in range(warmup):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]  # median
+    return median_seconds(fn, repeat, warmup, sync=torch.cuda.synchronize if device == "cuda" else None)
 
 
 def measure(attn, inputs, device, repeat):

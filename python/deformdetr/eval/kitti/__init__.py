@@ -31,24 +31,11 @@ from deformdetr.eval.kitti.files import (
     write_kitti_result_file,
 )
 from deformdetr.eval.kitti.reference import evaluate_kitti_reference
-from deformdetr.eval.kitti.rules import (
-    CLASS_NAMES,
-    DIFFICULTIES,
-    MAX_OCCLUSION,
-    MAX_TRUNCATION,
-    METRICS,
-    MIN_HEIGHT,
-    MIN_OVERLAPS,
-)
+from deformdetr.eval.kitti import rules as _rules
+from deformdetr.eval.kitti.rules import *  # noqa: F401,F403  (the public rules: rules.__all__)
 
 __all__ = [
-    "CLASS_NAMES",
-    "DIFFICULTIES",
-    "METRICS",
-    "MIN_HEIGHT",
-    "MAX_OCCLUSION",
-    "MAX_TRUNCATION",
-    "MIN_OVERLAPS",
+    *_rules.__all__,
     "KittiEvalResult",
     "evaluate_kitti",
     "evaluate_kitti_reference",

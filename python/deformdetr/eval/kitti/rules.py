@@ -40,12 +40,7 @@ __all__ = [
     "MAX_OCCLUSION",
     "MAX_TRUNCATION",
     "MIN_OVERLAPS",
-    "NEIGHBOUR",
-    "NUM_SAMPLE_POINTS",
-    "NO_DETECTION",
-    "devkit_class_name",
-    "alphas_valid",
-]
+]  # the public rules (re-exported by deformdetr.eval.kitti); the engine imports the rest by name
 
 #: The devkit's class table: index i in ``evaluate_kitti(classes=...)`` is ``CLASS_NAMES[i]``.
 CLASS_NAMES = ("Car", "Pedestrian", "Cyclist", "Van", "Person_sitting", "Truck")
