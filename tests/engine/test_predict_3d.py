@@ -184,3 +184,23 @@ def test_a_2d_checkpoint_refuses_the_camera_options(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines()[0] == (
         f"deformdetr predict: error: --intrinsics is for 3D (MonoDETR) models; {path} holds a 2D (Deformable DETR) "
         f"model")
+
+
+def test_compile_runs_the_model_through_torch_compile(tmp_path, trained, monkeypatch):
+    """`predict --compile` hands a 3D model to torch.compile and predicts with what it returns."""
+    import torch
+
+    root, checkpoint = trained
+    compiled = []
+
+    def fake_compile(model):
+        compiled.append(model)
+        return lambda *inputs: model(*inputs)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    calib = ["--calib", str(root / "training" / "calib")]
+    plain = predict(checkpoint, val_images(root)[:2], tmp_path / "plain", *calib)
+    assert compiled == []
+    through = predict(checkpoint, val_images(root)[:2], tmp_path / "compiled", *calib, "--compile")
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "MonoDETR"
+    assert [r["detections"] for r in through] == [r["detections"] for r in plain]

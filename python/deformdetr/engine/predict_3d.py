@@ -83,7 +83,8 @@ def predict_images_3d(model, image_paths: Sequence[str], output_dir: str, device
         indices = [index for index, _, _ in group]
         calibs = torch.from_numpy(np.stack([views[i].P2 for i in indices])).float()
         sizes = torch.tensor([views[i].size for i in indices], dtype=torch.int64)
-        outputs = runner(torch.stack([tensor for _, _, tensor in group]).to(device), calibs.to(device), sizes.to(device))
+        images = torch.stack([tensor for _, _, tensor in group])
+        outputs = runner(images.to(device), calibs.to(device), sizes.to(device))
         for (index, image, _), rows in zip(group, decode(as_float32(outputs), calibs, sizes, **decode_settings)):
             rows = [_in_image_rows(row, views[index].top) for row in rows]
             records[index] = _image_record(index, image, rows)
