@@ -56,6 +56,18 @@ def test_the_drawn_corners_are_the_corners_projected_by_hand():
     assert not (drawing[int(80 * scale):] == colour).all(axis=-1).any()
 
 
+def test_captions_of_boxes_in_one_place_do_not_cover_one_another():
+    """Near duplicates of one object: the second box's lines cover the first's, and its caption
+    would cover the first's; instead it goes below, so the first caption's colour still shows."""
+    image = Image.new("RGB", (320, 120), (0, 0, 0))
+    boxes = [CAR, CAR._replace(label=2)]
+    drawing = np.asarray(draw_boxes_3d(image, CALIB, boxes, {1: "Car", 2: "Cyclist"}, bev=False))
+    first, second = ((drawing == class_colour(label)).all(axis=-1) for label in (1, 2))
+    assert first.sum() > 100 and second.sum() > first.sum()  # a caption's label, beside all of the lines
+    rows = np.nonzero(first)[0]
+    assert rows.max() < np.nonzero(second)[0].max()  # the second caption below the first
+
+
 def test_edges_behind_the_camera_are_cut_at_the_near_plane():
     from deformdetr.data.kitti import box_corners
 

@@ -1,7 +1,8 @@
 """Pictures of 3D detections: the boxes projected onto the image (their front faces crossed, each
 captioned with its number, class, score and depth), beside a bird's-eye view of the scene (the
 camera at the origin, x to the right and z ahead in metres, the camera's field of view, each box's
-footprint with its front edge thick and its number). Colours mark classes, as in the 2D drawings."""
+footprint with its front edge thick and its number). Colours mark classes, as in the 2D drawings.
+Captions and numbers that would cover one another are put one below the other."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def draw_boxes_3d(image: Image.Image, calib: Calibration, boxes: Sequence, class_names: Optional[Mapping[int, str]] = None,
-                  bev: bool = True) -> Image.Image:
+def draw_boxes_3d(image: Image.Image, calib: Calibration, boxes: Sequence,
+                  class_names: Optional[Mapping[int, str]] = None, bev: bool = True) -> Image.Image:
     """``image`` with the 3D ``boxes`` drawn on it and, with ``bev``, a bird's-eye view beside it.
     ``boxes``: rows with the fields of ``models.mono.decode.Detection3D`` (label, h, w, l, x, y, z
     (bottom centre, camera frame), ry, score); ``calib`` the image's camera; ``class_names``
@@ -60,6 +61,7 @@ def draw_boxes_3d(image: Image.Image, calib: Calibration, boxes: Sequence, class
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(canvas.size) / 150))
     font = _font(max(11, min(canvas.size) // 22))
+    captions = []
     for number, box in enumerate(boxes, 1):
         color = class_colour(box.label)
         corners = _corners(box)
@@ -74,7 +76,16 @@ def draw_boxes_3d(image: Image.Image, calib: Calibration, boxes: Sequence, class
             x0 = float(np.clip(pixels[:, 0].min(), 0, canvas.width - 1))
             y0 = float(np.clip(pixels[:, 1].min(), 0, canvas.height - 1))
             name = (class_names or {}).get(int(box.label), str(int(box.label)))
-            draw_caption(draw, x0, y0, f"{number} {name} {float(box.score):.2f} {float(box.z):.1f}m", color, font)
+            captions.append((x0, y0, f"{number} {name} {float(box.score):.2f} {float(box.z):.1f}m", color))
+    # The captions over all the lines; one that would cover an earlier one (near duplicates of one
+    # object put theirs in one place) moves down below it.
+    taken: list[tuple] = []
+    for x0, y0, caption, color in captions:
+        left, top, right, bottom = draw.textbbox((x0, y0), caption, font=font)
+        width, height = right - left + 2, bottom - top + 2  # draw_caption's label, above (x0, y0)
+        label_top = max(0.0, y0 - height)
+        label_top += _shift_below(taken, (x0, label_top, x0 + width, label_top + height))
+        draw_caption(draw, x0, label_top + height, caption, color, font)
     if not bev:
         return canvas
     view = bird_eye_view(calib, image.size, boxes, max(_BEV_MIN_HEIGHT, canvas.height))
@@ -128,6 +139,7 @@ def bird_eye_view(calib: Calibration, image_size: Sequence[int], boxes: Sequence
     cx, cy = pixel(0, 0)
     draw.polygon([(cx, cy - 7), (cx - 5, cy + 3), (cx + 5, cy + 3)], fill=_INK)  # the camera
     line = max(1, height // 250)
+    numbers = []
     for number, (box, footprint) in enumerate(zip(boxes, footprints), 1):
         color = class_colour(box.label)
         points = [pixel(x, z) for x, z in footprint]
@@ -135,5 +147,25 @@ def bird_eye_view(calib: Calibration, image_size: Sequence[int], boxes: Sequence
         front = [points[FRONT_FACE[0]], points[FRONT_FACE[1]]]
         draw.line(front, fill=color, width=3 * line)
         right_most = max(points, key=lambda p: p[0])
-        draw.text((right_most[0] + 3, right_most[1]), str(number), fill=color, font=font, anchor="lm")
+        numbers.append(((right_most[0] + 3, right_most[1]), str(number), color))
+    taken: list[tuple] = []
+    for (x, y), text, color in numbers:  # one below the other where they would overlap
+        y += _shift_below(taken, draw.textbbox((x, y), text, font=font, anchor="lm"))
+        draw.text((x, y), text, fill=color, font=font, anchor="lm")
     return view
+
+
+def _shift_below(taken: list, rect: Sequence[float]) -> float:
+    """How far down the rectangle ``rect`` (x0, y0, x1, y1) must move to cover none of those in
+    ``taken``: 0 where it covers none, else just below those it would cover, as often as needed.
+    The rectangle so moved is added to ``taken``."""
+    x0, y0, x1, y1 = (float(v) for v in rect)
+    shift = 0.0
+    for _ in range(len(taken) + 1):  # each move leaves at least one rectangle above for good
+        moved = (x0, y0 + shift, x1, y1 + shift)
+        covered = [r for r in taken if moved[0] < r[2] and r[0] < moved[2] and moved[1] < r[3] and r[1] < moved[3]]
+        if not covered:
+            break
+        shift = max(r[3] for r in covered) - y0
+    taken.append(moved)
+    return shift
