@@ -68,6 +68,17 @@ def test_captions_of_boxes_in_one_place_do_not_cover_one_another():
     assert rows.max() < np.nonzero(second)[0].max()  # the second caption below the first
 
 
+def test_a_caption_at_the_right_edge_moves_left_to_be_read_whole():
+    """A box cut by the image's right edge: its caption (label above the box's top, v = 60) ends at
+    the picture's edge instead of running off it."""
+    right = CAR._replace(x=16.0)  # its corners project to u = 300 .. 340: beyond the 320 px image
+    drawing = np.asarray(draw_boxes_3d(Image.new("RGB", (320, 120)), CALIB, [right], {1: "Car"}, bev=False))
+    scale = drawing.shape[1] // 320
+    label_rows = drawing[60 * scale - 8:60 * scale - 3]  # above the box's top edge: only the label
+    columns = np.nonzero((label_rows == class_colour(1)).all(axis=-1).any(axis=0))[0]
+    assert columns.max() == drawing.shape[1] - 1 and columns.min() < 300 * scale - 40
+
+
 def test_edges_behind_the_camera_are_cut_at_the_near_plane():
     from deformdetr.data.kitti import box_corners
 

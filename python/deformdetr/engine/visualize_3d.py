@@ -77,12 +77,14 @@ def draw_boxes_3d(image: Image.Image, calib: Calibration, boxes: Sequence,
             y0 = float(np.clip(pixels[:, 1].min(), 0, canvas.height - 1))
             name = (class_names or {}).get(int(box.label), str(int(box.label)))
             captions.append((x0, y0, f"{number} {name} {float(box.score):.2f} {float(box.z):.1f}m", color))
-    # The captions over all the lines; one that would cover an earlier one (near duplicates of one
-    # object put theirs in one place) moves down below it.
+    # The captions over all the lines, inside the picture (moved left at its right edge); one that
+    # would cover an earlier one (near duplicates of one object put theirs in one place) moves
+    # down below it.
     taken: list[tuple] = []
     for x0, y0, caption, color in captions:
         left, top, right, bottom = draw.textbbox((x0, y0), caption, font=font)
         width, height = right - left + 2, bottom - top + 2  # draw_caption's label, above (x0, y0)
+        x0 = max(0.0, min(x0, canvas.width - width))
         label_top = max(0.0, y0 - height)
         label_top += _shift_below(taken, (x0, label_top, x0 + width, label_top + height))
         draw_caption(draw, x0, label_top + height, caption, color, font)
