@@ -47,6 +47,8 @@ def _bench(args) -> int:
         from deformdetr.bench.model import main as bench_main
     elif args.what == "export":
         from deformdetr.bench.export import main as bench_main
+    elif args.what == "memory":
+        from deformdetr.bench.memory import main as bench_main
     else:
         from deformdetr.bench.matcher import main as bench_main
     bench_main(args.rest)
@@ -309,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare the speed of the native core with reference implementations",
         description="Extra arguments go to the benchmark, e.g. `deformdetr bench attention --batch 2`.",
     )
-    bench.add_argument("what", nargs="?", default="attention", choices=["attention", "matcher", "model", "export"])
+    bench.add_argument("what", nargs="?", default="attention", choices=["attention", "matcher", "model", "memory", "export"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
     return parser

@@ -127,3 +127,17 @@ def test_annotations_of_images_that_are_missing_are_an_error_naming_them(tmp_pat
     assert main(["train", "--output-dir", str(tmp_path / "run"), *tiny_overrides, *overrides]) == 2
     err = capsys.readouterr().err
     assert "lists 2 images that are not in" in err and gone[0].name in err and "skip_corrupt" in err
+
+
+def test_fine_tuning_from_a_hugging_face_folder(tmp_path, own_root, tiny_overrides, capsys):
+    pytest.importorskip("safetensors", reason="the Hugging Face format needs the [interop] extra (safetensors)")
+    first = tmp_path / "first"
+    assert main(["train", "--config", "demo_synthetic", "--output-dir", str(first), *tiny_overrides,
+                 "train.epochs=1"]) == 0
+    assert main(["convert", str(first / "checkpoint.pth"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--config", "demo_synthetic", "--output-dir", str(tuned), "--weights", str(tmp_path / "hf"),
+                 *tiny_overrides, *own_overrides(own_root), "train.epochs=1"]) == 0
+    report = json.load(open(tuned / "weights.json"))
+    assert report["reinitialised"] and all(k.startswith("class_embed") for k in report["reinitialised"])
+    assert not report["unused"] and len(report["loaded"]) > 100

@@ -90,20 +90,21 @@ def flops_by_part(run: Callable) -> dict[str, float]:
     counter = FlopCounterMode(display=False)
     with counter, torch.enable_grad():
         run()
+    counts = {(module.split(".", 1)[1] if "." in module else ""): sum(by_op.values())  # "DeformableDETR.backbone"
+              for module, by_op in counter.get_flop_counts().items()}
     per_part: dict[str, float] = defaultdict(float)
-    for module, by_op in counter.get_flop_counts().items():
-        path = module.split(".", 1)[1] if "." in module else ""  # "DeformableDETR.backbone" -> "backbone"
-        for part, prefix in PARTS:
-            if _is_part_entry(path, prefix):
-                per_part[part] += sum(by_op.values())
+    for part, prefix in PARTS:
+        per_part[part] += _part_flops(counts, prefix)
     return dict(per_part)
 
 
-def _is_part_entry(path: str, prefix: str) -> bool:
-    """Whether a module path is the part's own entry (which holds its children's counts), or a
-    member of a part that is a ModuleList (never called itself)."""
-    parent, _, last = path.rpartition(".")
-    return path == prefix or (parent == prefix and last.isdigit())
+def _part_flops(counts: dict, prefix: str) -> float:
+    """The part's own entry, which holds its children's counts; for a part never called itself
+    (a ModuleList), the sum of its members'."""
+    if prefix in counts:
+        return counts[prefix]
+    return sum(value for path, value in counts.items()
+               if path.rpartition(".")[0] == prefix and path.rpartition(".")[2].isdigit())
 
 
 def attention_flops(model, run: Callable) -> float:
@@ -199,6 +200,25 @@ def demo_throughput(steps: int, compile_model: bool) -> None:
     seconds = median_seconds(step, steps, warmup=2)
     print(f"demo training: batch {batch} of {size}x{size}, {torch.get_num_threads()} threads"
           f"{', compiled' if compile_model else ''}: {seconds * 1e3:.0f} ms a step, {batch / seconds:.1f} images/s")
+    report_optimizer_step(optimizer, steps)
+
+
+def report_optimizer_step(optimizer, steps: int) -> None:
+    """The optimizer's step alone, fused (as the tasks build it) and as torch's per-parameter
+    loop, on the same parameters and gradients (copies: the model is left as it was)."""
+    groups = [{**{k: v for k, v in group.items() if k not in ("params", "fused", "foreach")},
+               "params": [p.detach().clone().requires_grad_(True) for p in group["params"]]}
+              for group in optimizer.param_groups]
+    for group, source in zip(groups, optimizer.param_groups):
+        for param, original in zip(group["params"], source["params"]):
+            param.grad = torch.zeros_like(param) if original.grad is None else original.grad.clone()
+    count = sum(p.numel() for group in groups for p in group["params"])
+    # Fresh group dicts for each: an optimizer writes its settings into the dicts it is given.
+    times = {name: median_seconds(torch.optim.AdamW([dict(group) for group in groups], **settings).step, steps,
+                                  warmup=2)
+             for name, settings in (("per-parameter loop", {"foreach": False}), ("fused", {"fused": True}))}
+    print(f"AdamW step over {count / 1e6:.1f}M parameters: "
+          + ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in times.items()))
 
 
 def main(argv=None):

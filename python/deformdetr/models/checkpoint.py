@@ -117,12 +117,18 @@ def settings_from_args(args, config_class, exclude: Sequence[str] = ()) -> dict:
 
 def state_dict_mismatches(model: nn.Module, state: dict) -> tuple[list, list, list]:
     """The keys of ``state`` that do not fit the model: (missing from it, unknown to the model,
-    of another shape than the model's)."""
+    of another shape than the model's). Batch norm's ``num_batches_tracked`` counters are not
+    weights: formats with frozen batch norm (the official, Hugging Face's) have none, and with a
+    set momentum they change nothing, so a file that lacks or has them fits either way."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not _is_counter(k)]
+    unexpected = [k for k in state if k not in own and not _is_counter(k)]
     resized = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     return missing, unexpected, resized
+
+
+def _is_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deformdetr.eval import kitti_detections, read_kitti_result_dir, write_kitti_result_dir
+from deformdetr.eval.kitti import kitti_detections, read_kitti_result_dir, write_kitti_result_dir
 from deformdetr.models.mono.decode import Detection3D
 
 PEDESTRIAN = Detection3D(label=0, alpha=-0.3, x1=100.25, y1=150.5, x2=130.75, y2=230.125, h=1.72, w=0.61, l=0.83,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deformdetr.eval import evaluate_kitti, read_kitti_label_file, read_kitti_result_dir, write_kitti_result_file
+from deformdetr.eval.kitti import evaluate_kitti, read_kitti_label_file, read_kitti_result_dir, write_kitti_result_file
 from deformdetr.eval.kitti import empty_annotation
 
 

@@ -12,12 +12,25 @@ from tqdm import tqdm
 
 from deformdetr.engine import distributed as dist
 
-__all__ = ["Task", "to_device"]
+__all__ = ["Task", "adamw", "to_device"]
 
 
 def to_device(targets, device):
     """Per-image target dicts with their tensors on ``device``."""
     return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+#: Devices on which torch has a fused AdamW (one kernel for all parameters).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def adamw(groups, **settings) -> torch.optim.AdamW:
+    """torch's AdamW over parameter ``groups``, fused where torch has a fused kernel for the
+    parameters' device: the same update as the per-parameter loop (to float rounding), about 5x
+    faster on the CPU (bench/RESULTS.md), which is a tenth of the demo's training step."""
+    devices = {p.device.type for group in groups for p in group["params"]}
+    fused = devices <= set(FUSED_ADAMW_DEVICES) and len(devices) == 1
+    return torch.optim.AdamW(groups, fused=fused or None, **settings)
 
 
 class Task:

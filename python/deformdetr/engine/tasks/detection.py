@@ -14,7 +14,7 @@ from torch import nn
 
 from deformdetr.engine.outputs import as_float32
 from deformdetr.engine.tasks import register_task
-from deformdetr.engine.tasks.base import Task, to_device
+from deformdetr.engine.tasks.base import Task, adamw, to_device
 
 __all__ = ["DetectionTask", "transform_settings", "parameter_groups", "COCO_RESULTS_NAME"]
 
@@ -137,7 +137,7 @@ class DetectionTask(Task):
         groups = parameter_groups(model, train)
         if train["sgd"]:
             return torch.optim.SGD(groups, lr=train["lr"], momentum=0.9, weight_decay=train["weight_decay"])
-        return torch.optim.AdamW(groups, lr=train["lr"], weight_decay=train["weight_decay"])
+        return adamw(groups, lr=train["lr"], weight_decay=train["weight_decay"])
 
     def build_scheduler(self, optimizer):
         """The official step decay: the learning rate divided by 10 at epoch lr_drop."""

@@ -11,7 +11,7 @@ import torch
 
 from deformdetr.engine.outputs import as_float32
 from deformdetr.engine.tasks import register_task
-from deformdetr.engine.tasks.base import Task, to_device
+from deformdetr.engine.tasks.base import Task, adamw, to_device
 
 __all__ = ["Mono3DTask"]
 
@@ -94,7 +94,7 @@ class Mono3DTask(Task):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for n, p in named if "bias" in n], "weight_decay": 0.0},
                   {"params": [p for n, p in named if "bias" not in n], "weight_decay": train["weight_decay"]}]
-        return torch.optim.AdamW(groups, lr=train["lr"])
+        return adamw(groups, lr=train["lr"])
 
     def build_scheduler(self, optimizer):
         """MonoDETR's official schedule: the learning rate times decay_rate at each decay_list epoch."""
