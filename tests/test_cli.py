@@ -212,6 +212,23 @@ def test_what_one_process_of_a_distributed_run_says_is_said_once(tmp_path, monke
     assert out == ["COCO box AP 0.500, AP50 0.700", "outputs in out (1.0 min)"]
 
 
+@pytest.mark.slow
+def test_the_3d_demo_trains_evaluates_and_draws(tmp_path, capsys):
+    """`demo --task mono3d`: the task's demo preset (here shrunk to seconds), its headline metric on
+    the last line, 3D pictures of validation images."""
+    out = tmp_path / "demo3d"
+    tiny = ["data.synthetic.image_size=[32,96]", "data.synthetic.num_train=4", "data.synthetic.num_val=2",
+            "data.resolution=[96,32]", "data.num_workers=0", "device=cpu", "train.batch_size=2", "train.epochs=1",
+            "model.hidden_dim=32", "model.nheads=2", "model.enc_layers=1", "model.dec_layers=1",
+            "model.num_queries=4", "model.group_num=1", "model.dim_feedforward=32"]
+    assert main(["demo", "--task", "mono3d", "--output-dir", str(out), "--num-images", "2", *tiny]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("deformdetr demo: 3D (MonoDETR) on synthetic data (demo_monodetr_synthetic)")
+    assert lines[-1].startswith("demo done in") and ": Car_3d_moderate_R40 " in lines[-1]
+    assert sorted(p.name for p in (out / "predictions").glob("*.png")) == ["000004.png", "000005.png"]
+    assert sorted(p.name for p in (out / "predictions" / "kitti_results").iterdir()) == ["000004.txt", "000005.txt"]
+
+
 def test_bench_model_times_the_model_and_accounts_for_its_parts(capsys):
     assert main(["bench", "model", "--size", "64x96", "--variant", "single_scale", "--repeat", "1",
                  "--threads", "1"]) == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -141,11 +140,14 @@ def _minutes(text: str) -> float:
 
 def _predict(args) -> int:
     from deformdetr.engine.predict import PREDICTIONS_NAME, SKIPPED_NAME, image_files, load_for_prediction
+    from deformdetr.engine.tasks import predict_option_values
     from deformdetr.engine.trainer import resolve_device
 
     task, model, categories = load_for_prediction(args.checkpoint)
+    options = predict_option_values(task, args, args.checkpoint)
     records = task.predict_images(model, image_files(args.images), args.output_dir, resolve_device(args.device),
-                                  args.threshold, categories, batch_size=args.batch_size, compile=args.compile)
+                                  args.threshold, categories, batch_size=args.batch_size, compile=args.compile,
+                                  **options)
     found = sum(len(r["detections"]) for r in records)
     print(f"{found} detections in {len(records)} images -> {os.path.join(args.output_dir, PREDICTIONS_NAME)}")
     if records.skipped:
@@ -188,30 +190,41 @@ def _export(args) -> int:
 def _demo(args) -> int:
     from deformdetr.configs import load_config
     from deformdetr.engine.predict import load_for_prediction
+    from deformdetr.engine.tasks import DEFAULT_TASK, task_class
     from deformdetr.engine.trainer import CHECKPOINT_NAME, resolve_device, train
 
-    overrides = [f"output_dir={args.output_dir}", f"data.root={os.path.join(args.output_dir, 'data')}",
-                 f"train.max_minutes={args.minutes}"] + list(args.overrides)
-    cfg = load_config("demo_synthetic", overrides)
+    demo = task_class(args.task)
+    output_dir = args.output_dir or os.path.join("outputs", "demo" if args.task == DEFAULT_TASK else f"demo_{args.task}")
+    minutes = args.minutes or demo.demo_minutes
+    overrides = [f"output_dir={output_dir}", f"data.root={os.path.join(output_dir, 'data')}",
+                 f"train.max_minutes={minutes}"] + list(args.overrides)
+    cfg = load_config(demo.demo_preset, overrides)
     started = time.time()
     device = resolve_device(cfg["device"])
-    print(f"deformdetr demo: synthetic shapes -> train on {device.type} for up to {args.minutes:g} min "
-          f"-> COCO eval -> predictions in {args.output_dir}", flush=True)
+    print(f"deformdetr demo: {demo.title} on synthetic data ({demo.demo_preset}) -> train on {device.type} for up "
+          f"to {minutes:g} min -> evaluate -> pictures in {output_dir}", flush=True)
     # The demo is meant to be run again: a new run replaces the previous demo's outputs.
     result = train(cfg, overwrite=True)
     metrics = result["eval"]
     task, model, categories = load_for_prediction(os.path.join(cfg["output_dir"], CHECKPOINT_NAME))
-    val_images = sorted(glob.glob(os.path.join(cfg["data"]["root"], "val2017", "*")))[: args.num_images]
+    images, options = task.validation_images()
     predictions = os.path.join(cfg["output_dir"], "predictions")
-    task.predict_images(model, val_images, predictions, device, args.threshold, categories)
+    task.predict_images(model, images[: args.num_images], predictions, device, args.threshold, categories, **options)
     _print_metrics(task, metrics)
-    print(f"demo done in {(time.time() - started) / 60:.1f} min: AP50 {metrics.get('AP50', 0):.3f}; "
+    print(f"demo done in {(time.time() - started) / 60:.1f} min: {task.headline} {metrics.get(task.headline, 0):.3f}; "
           f"curves {os.path.join(cfg['output_dir'], 'curves.png')}; pictures in {predictions}")
     return 0
 
 
+def _demo_tasks() -> list[str]:
+    from deformdetr.engine.tasks import task_class, task_names
+
+    return [name for name in task_names() if task_class(name).demo_preset]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deformdetr.bench import image_size
+    from deformdetr.engine.tasks import DEFAULT_TASK, add_predict_options, task_class
 
     parser = argparse.ArgumentParser(
         prog="deformdetr", description="Deformable DETR and MonoDETR on a fast C++/CUDA core."
@@ -247,12 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a deformdetr or official checkpoint, or a Hugging Face folder or hub id")
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--output-dir", default="predictions")
-    predict.add_argument("--threshold", type=_threshold, default=0.5, help="keep scores >= this (0..1)")
+    predict.add_argument("--threshold", type=_threshold,
+                         help="keep scores >= this (0..1); default 0.5 for 2D models, a 3D model's test.threshold "
+                              "(which this replaces)")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--batch-size", type=positive_int, default=1,
                          help="images run together (those of one size; results as one at a time)")
     predict.add_argument("--compile", action="store_true",
                          help="torch.compile the model (pays off over many images)")
+    add_predict_options(predict)
     predict.set_defaults(run=_predict)
 
     convert = commands.add_parser(
@@ -276,11 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="synthetic data -> train on CPU -> evaluate -> pictures")
-    demo.add_argument("--output-dir", default="outputs/demo")
-    demo.add_argument("--minutes", type=_minutes, default=12.0,
-                      help="training time budget (checked after each epoch; the whole demo takes ~1-2 min more)")
+    demo.add_argument("--task", choices=_demo_tasks(), default=DEFAULT_TASK,
+                      help="which detector's demo (default %(default)s)")
+    demo.add_argument("--output-dir", help="default outputs/demo (outputs/demo_<task> for the others)")
+    budgets = ", ".join(f"{task_class(name).demo_minutes:g} for {name}" for name in _demo_tasks())
+    demo.add_argument("--minutes", type=_minutes,
+                      help=f"training time budget ({budgets}; checked after each epoch, the whole demo takes "
+                           f"~1-2 min more)")
     demo.add_argument("--num-images", type=int, default=8, help="validation images to draw")
-    demo.add_argument("--threshold", type=_threshold, default=0.5)
+    demo.add_argument("--threshold", type=_threshold, help="as predict's")
     demo.add_argument("overrides", nargs="*", help=overrides_help)
     demo.set_defaults(run=_demo)
 

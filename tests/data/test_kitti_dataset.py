@@ -27,6 +27,7 @@ RES = (320, 96)  # the network input (W, H)
 S = RES[0] / W  # the official affine scales by the widths
 P2 = np.array([[200.0, 0.0, 150.0, 10.0], [0.0, 200.0, 45.0, 0.1], [0.0, 0.0, 1.0, 0.003]], dtype=np.float32)
 CALIB = Calibration(P2)
+ALL = ("Car", "Pedestrian", "Cyclist")
 
 
 def projected_box(obj):
@@ -99,7 +100,7 @@ def expected_targets(obj, flip=False):
 
 
 def dataset(root, split="val", **kwargs):
-    return KittiMono3D(root, split, resolution=RES, **kwargs)
+    return KittiMono3D(root, split, resolution=RES, **{"writelist": ALL, **kwargs})
 
 
 def test_targets_of_a_hand_made_label(tmp_path):
@@ -138,6 +139,24 @@ def test_meanshape_and_clip_2d_options(tmp_path):
     assert dataset(root, writelist=("Car",))[0][2]["labels"].tolist() == [1]
 
 
+def test_the_official_writelist_trains_cars_under_the_three_class_labels(tmp_path):
+    root = make_kitti(tmp_path)
+    assert KittiMono3D(root, "val", resolution=RES).writelist == ("Car",)  # the official default
+    assert KittiMono3D(root, "val", resolution=RES)[0][2]["labels"].tolist() == [1]  # Car is 1, as with 3
+    assert dataset(root, writelist=("Pedestrian",))[0][2]["labels"].tolist() == [0]
+
+
+def test_class_merging_trains_vans_and_trucks_as_cars(tmp_path):
+    van = make_obj("Van", [1.0, 1.5, 12.0], (2.0, 1.8, 4.5), 0.0)
+    truck = make_obj("Truck", [-1.0, 1.5, 14.0], (3.0, 2.4, 8.0), 0.4)
+    root = make_kitti(tmp_path, objects=(CAR, van, truck, PED))
+    assert dataset(root, writelist=("Car",))[0][2]["labels"].tolist() == [1]
+    merged = dataset(root, writelist=("Car",), class_merging=True)[0][2]
+    assert merged["labels"].tolist() == [1, 1, 1]
+    assert np.allclose(merged["src_size_3d"][1:], [[2.0, 1.8, 4.5], [3.0, 2.4, 8.0]])
+    assert dataset(root, writelist=ALL, class_merging=True)[0][2]["labels"].tolist() == [1, 1, 1, 0]
+
+
 def test_image_normalisation_and_resize(tmp_path):
     image = np.zeros((H, W, 3), np.uint8)
     image[20:40, 100:140] = 255  # a white patch
@@ -154,8 +173,8 @@ def test_image_normalisation_and_resize(tmp_path):
 def test_flip(tmp_path):
     root = make_kitti(tmp_path)
     base = dict(aug_pd=False, aug_crop=False)
-    plain = KittiMono3D(root, "train", resolution=RES, random_flip=0.0, **base)
-    flipped = KittiMono3D(root, "train", resolution=RES, random_flip=1.0, **base)
+    plain = KittiMono3D(root, "train", resolution=RES, writelist=ALL, random_flip=0.0, **base)
+    flipped = KittiMono3D(root, "train", resolution=RES, writelist=ALL, random_flip=1.0, **base)
     image, calib, target, info = plain[0]
     image_f, calib_f, target_f, info_f = flipped[0]
     assert not info["flip"] and info_f["flip"]
@@ -193,7 +212,7 @@ def test_flip(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_crop_scale_keeps_centre_on_transformed_calib(tmp_path, seed):
     root = make_kitti(tmp_path)
-    ds = KittiMono3D(root, "train", resolution=RES, aug_pd=False, random_crop=1.0, scale=0.2, shift=0.1,
+    ds = KittiMono3D(root, "train", resolution=RES, writelist=ALL, aug_pd=False, random_crop=1.0, scale=0.2, shift=0.1,
                      clip_2d=True)
     np.random.seed(seed)
     image, calib, target, info = ds[0]

@@ -84,6 +84,29 @@ def test_labels_consistent_with_camera_and_pixels(synthetic):
     assert min(counts) >= 1 and max(counts) <= 4 and len(set(counts)) > 1
 
 
+def test_road_headings_lie_along_the_road_and_change_nothing_else(tmp_path):
+    """headings="road": every ry within 20 degrees of +-90, both directions; each image's first
+    object is the uniform set's (same seed) but for its heading. (A road heading takes two random
+    draws, the uniform one one, so what is drawn after it differs.)"""
+    from deformdetr.data.synthetic_kitti import ROAD_HEADING_SPREAD
+
+    generate_synthetic_kitti(tmp_path / "uniform", num_train=20, num_val=0, seed=4)
+    generate_synthetic_kitti(tmp_path / "road", num_train=20, num_val=0, seed=4, headings="road")
+    rays = []
+    for index in range(20):
+        uniform, road = (read_labels(tmp_path / kind / "training" / "label_2" / f"{index:06d}.txt")
+                         for kind in ("uniform", "road"))
+        assert (road[0].type, road[0].h, road[0].w, road[0].l) == (uniform[0].type, uniform[0].h, uniform[0].w,
+                                                                   uniform[0].l)
+        assert list(road[0].location) == list(uniform[0].location) and road[0].ry != uniform[0].ry
+        rays += [obj.ry for obj in road]
+    off_axis = [abs(abs(ry) - math.pi / 2) for ry in rays]
+    assert max(off_axis) <= ROAD_HEADING_SPREAD + 0.005  # labels hold 2 decimals
+    assert min(rays) < 0 < max(rays)
+    with pytest.raises(ValueError, match="headings must be one of uniform, road"):
+        generate_synthetic_kitti(tmp_path / "bad", num_train=1, num_val=0, headings="random")
+
+
 def test_fast(tmp_path):
     start = time.perf_counter()
     generate_synthetic_kitti(tmp_path, num_train=60, num_val=0, seed=2)

@@ -93,3 +93,16 @@ def test_mono3d_test_keys_choose_what_is_evaluated(tmp_path):
     assert written_lines("test.threshold=0", "test.topk=4") == 2 * 4  # every one of the top 4 per image
     assert written_lines("test.threshold=0", "test.topk=2") == 2 * 2
     assert written_lines("test.threshold=1") == 0  # an untrained model scores nothing that high
+
+
+@pytest.mark.parametrize("preset", ["monodetr_kitti", "monodetr_kitti_3class", "monodetr_synthetic"])
+def test_mono3d_labels_keep_the_official_numbering_whatever_is_trained(preset):
+    """Car is label 1 whether trained alone (the official writelist) or with the others: the
+    checkpoint's categories, predictions, drawings and the evaluation's names agree."""
+    from deformdetr.eval.kitti import kitti_detections
+    from deformdetr.models.mono.decode import Detection3D
+
+    task = get_task(load_config(preset))
+    assert task.categories(None).names() == {0: "Pedestrian", 1: "Car", 2: "Cyclist"}
+    row = Detection3D(1, 0.0, 0, 0, 10, 10, 1.5, 1.6, 3.9, 0.0, 1.6, 10.0, 0.0, 0.9)
+    assert list(kitti_detections([row])["name"]) == ["Car"]

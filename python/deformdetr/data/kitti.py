@@ -56,6 +56,9 @@ __all__ = [
     "numbered_lines",
     "kitti_level",
     "wrap_angle",
+    "box_corners",
+    "BOX_EDGES",
+    "FRONT_FACE",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -157,12 +160,17 @@ class Calibration:
     def ry2alpha(self, ry: float, u: float) -> float:
         return wrap_angle(ry - math.atan2(u - self.cu, self.fu))
 
+    def project(self, points) -> np.ndarray:
+        """(..., 3) points -> (..., 2) pixels: P2 times the point, divided by its third coordinate
+        (the pinhole projection; :meth:`rect_to_img` divides by the point's z instead)."""
+        points = np.asarray(points, dtype=np.float64)
+        hom = np.concatenate([points, np.ones(points.shape[:-1] + (1,))], axis=-1) @ self.P2.T.astype(np.float64)
+        return hom[..., 0:2] / hom[..., 2:3]
+
     def corners_to_img_boxes(self, corners3d) -> tuple[np.ndarray, np.ndarray]:
         """(N, 8, 3) box corners -> ((N, 4) enclosing boxes x1, y1, x2, y2, (N, 8, 2) pixels),
-        dividing by the projected third coordinate (as the official ``corners3d_to_img_boxes``)."""
-        corners = np.asarray(corners3d, dtype=np.float64).reshape(-1, 8, 3)
-        hom = np.concatenate([corners, np.ones(corners.shape[:2] + (1,))], axis=2) @ self.P2.T.astype(np.float64)
-        pixels = hom[..., 0:2] / hom[..., 2:3]
+        by :meth:`project` (as the official ``corners3d_to_img_boxes``)."""
+        pixels = self.project(np.asarray(corners3d, dtype=np.float64).reshape(-1, 8, 3))
         boxes = np.concatenate([pixels.min(axis=1), pixels.max(axis=1)], axis=1)
         return boxes, pixels
 
@@ -347,14 +355,26 @@ class KittiObject:
                            height_scale)
 
     def corners3d(self) -> np.ndarray:
-        """(8, 3) corners: 0-3 the bottom face, 4-7 the top face above them (the official order)."""
-        l, h, w = self.l, self.h, self.w
-        x = np.array([l, l, -l, -l, l, l, -l, -l]) / 2
-        y = np.array([0, 0, 0, 0, -h, -h, -h, -h], dtype=np.float64)
-        z = np.array([w, -w, -w, w, w, -w, -w, w]) / 2
-        c, s = math.cos(self.ry), math.sin(self.ry)
-        rotation = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-        return (rotation @ np.stack([x, y, z])).T + self.location.astype(np.float64)
+        """(8, 3) corners (see :func:`box_corners`)."""
+        return box_corners(self.h, self.w, self.l, self.location, self.ry)
+
+
+#: The corners of :func:`box_corners` on the box's front face (its heading points out of it).
+FRONT_FACE = (0, 1, 5, 4)
+#: The 12 edges of a box as pairs of :func:`box_corners` indices: bottom, top, uprights.
+BOX_EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7))
+
+
+def box_corners(h: float, w: float, l: float, location, ry: float) -> np.ndarray:  # noqa: E741 (KITTI's name)
+    """(8, 3) float64 corners of a KITTI box (``location`` its bottom centre, camera frame):
+    0-3 the bottom face, 4-7 the top face above them (the official order). The length runs
+    along the heading (ry = 0 faces the camera's +x), so 0, 1, 5, 4 is the front face."""
+    x = np.array([l, l, -l, -l, l, l, -l, -l], dtype=np.float64) / 2
+    y = np.array([0, 0, 0, 0, -h, -h, -h, -h], dtype=np.float64)
+    z = np.array([w, -w, -w, w, w, -w, -w, w], dtype=np.float64) / 2
+    c, s = math.cos(ry), math.sin(ry)
+    rotation = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    return (rotation @ np.stack([x, y, z])).T + np.asarray(location, dtype=np.float64).reshape(3)
 
 
 def read_label_lines(path: PathLike) -> list[KittiLabelLine]:

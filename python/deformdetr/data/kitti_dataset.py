@@ -50,7 +50,8 @@ from deformdetr.data.kitti_transforms import (
 )
 from deformdetr.models.mono.decode import KITTI_CLS_MEAN_SIZE, angle2class
 
-__all__ = ["KittiMono3D", "mono_collate_fn", "read_split_file", "KITTI_CLASS_NAMES", "KITTI_CLS2ID", "KITTI_MEAN",
+__all__ = ["KittiMono3D", "mono_collate_fn", "read_split_file", "trained_labels", "network_input", "eval_input",
+           "MERGED_INTO_CAR", "KITTI_CLASS_NAMES", "KITTI_CLS2ID", "KITTI_MEAN",
            "KITTI_STD"]
 
 PathLike = Union[str, os.PathLike]
@@ -73,6 +74,38 @@ _TARGET_KEYS = {  # key: (per-object shape, dtype)
 }
 
 
+def network_input(img: Image.Image, trans_inv, resolution) -> Tensor:
+    """The (3, H, W) float32 input of ``img`` mapped by ``trans_inv`` (see
+    :func:`~deformdetr.data.kitti_transforms.affine_image`) to ``resolution`` (W, H): pixels in
+    [0, 1], normalised by the ImageNet mean and std (the official)."""
+    array = (np.asarray(affine_image(img, trans_inv, resolution), dtype=np.float32) / 255.0 - KITTI_MEAN) / KITTI_STD
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def eval_input(img: Image.Image, resolution) -> Tensor:
+    """The network input of an image as evaluation makes it (no augmentation): scaled to the
+    width of ``resolution`` (W, H) about the image's centre."""
+    size = np.array(img.size, dtype=np.float64)
+    _, trans_inv = get_affine_transform(size / 2.0, size, resolution)
+    return network_input(img, trans_inv, resolution)
+
+
+#: The classes ``class_merging`` trains as Car (the official list).
+MERGED_INTO_CAR = ("Van", "Truck")
+
+
+def trained_labels(writelist: Sequence[str], class_merging: bool = False) -> dict[str, int]:
+    """{label-file type: training label} of the objects that become targets: the writelist's
+    classes under their own labels, and with ``class_merging`` Van and Truck as Car."""
+    unknown = [c for c in writelist if c not in KITTI_CLS2ID]
+    if unknown:
+        raise ValueError(f"writelist classes must be among {KITTI_CLASS_NAMES}, got {unknown}")
+    labels = {name: kitti_label(name) for name in writelist}
+    if class_merging:
+        labels.update({name: kitti_label("Car") for name in MERGED_INTO_CAR})
+    return labels
+
+
 def read_split_file(path: str) -> list[str]:
     """The image indices ("000123") of an ImageSets file, blank lines skipped. A line that is not
     an index raises ValueError naming the file and the line now, not when the item is first read
@@ -90,8 +123,13 @@ def read_split_file(path: str) -> list[str]:
 
 class KittiMono3D(Dataset):
     """The official MonoDETR KITTI data set (``lib/datasets/kitti/kitti_dataset.py``) with the
-    official ``configs/monodetr.yaml`` settings as defaults, except ``writelist`` (all three
-    classes here; the official config trains ``["Car"]``).
+    official ``configs/monodetr.yaml`` settings as defaults.
+
+    ``writelist`` names the classes that become targets (officially ``["Car"]``); labels keep the
+    three-class numbering whatever it holds (Car is label 1 also when trained alone, as the
+    official ``cls2id``). ``class_merging`` adds Van and Truck boxes as Car targets: the official
+    code adds them to the writelist but has no label for them (a KeyError at the first Van),
+    so this is its evident intent rather than anything an official run did.
 
     Training splits (train, trainval) are augmented: photometric distortion (``aug_pd``), a flip
     with probability ``random_flip``, and with probability ``random_crop`` (if ``aug_crop``) a
@@ -131,7 +169,8 @@ class KittiMono3D(Dataset):
         self,
         root: PathLike,
         split: str = "train",
-        writelist: Sequence[str] = ("Car", "Pedestrian", "Cyclist"),
+        writelist: Sequence[str] = ("Car",),
+        class_merging: bool = False,
         resolution: Sequence[int] = (1280, 384),
         augment: Optional[bool] = None,
         aug_pd: bool = True,
@@ -149,9 +188,6 @@ class KittiMono3D(Dataset):
     ):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-        unknown = [c for c in writelist if c not in KITTI_CLS2ID]
-        if unknown:
-            raise ValueError(f"writelist classes must be among {KITTI_CLASS_NAMES}, got {unknown}")
         if depth_scale not in ("normal", "inverse", "none"):
             raise ValueError(f"depth_scale must be 'normal', 'inverse' or 'none', got {depth_scale!r}")
         self.root = os.fspath(root)
@@ -165,6 +201,8 @@ class KittiMono3D(Dataset):
         self.label_dir = os.path.join(self.data_dir, "label_2")
         self.calib_dir = os.path.join(self.data_dir, "calib")
         self.writelist = tuple(writelist)
+        self.class_merging = bool(class_merging)
+        self.target_labels = trained_labels(self.writelist, self.class_merging)
         self.resolution = np.array([int(resolution[0]), int(resolution[1])])
         self.data_augmentation = split in ("train", "trainval") if augment is None else bool(augment)
         self.aug_pd, self.aug_crop = aug_pd, aug_crop
@@ -221,9 +259,7 @@ class KittiMono3D(Dataset):
                 center[0] += img_size[0] * np.clip(np.random.randn() * self.shift, -2 * self.shift, 2 * self.shift)
                 center[1] += img_size[1] * np.clip(np.random.randn() * self.shift, -2 * self.shift, 2 * self.shift)
         trans, trans_inv = get_affine_transform(center, crop_size, self.resolution)
-        img = affine_image(img, trans_inv, self.resolution)
-        array = (np.asarray(img, dtype=np.float32) / 255.0 - KITTI_MEAN) / KITTI_STD
-        image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        image = network_input(img, trans_inv, self.resolution)
 
         calib = self.get_calib(image_id)
         info = {
@@ -251,7 +287,7 @@ class KittiMono3D(Dataset):
         resolution = self.resolution.astype(np.float64)
         rows = {key: [] for key in _TARGET_KEYS}
         for obj in list(objects)[: self.max_objs]:
-            if obj.type not in self.writelist:
+            if obj.type not in self.target_labels:
                 continue
             if obj.level(self.height_scale)[0] == "UnKnown" or obj.location[2] < 2 or obj.location[2] > 65:
                 continue
@@ -273,7 +309,7 @@ class KittiMono3D(Dataset):
                     continue
                 lrtb = np.clip(lrtb, 0, 1)
             size_2d = box[2:] - box[:2]
-            cls_id = kitti_label(obj.type)
+            cls_id = self.target_labels[obj.type]
             rows["labels"].append(cls_id)
             rows["boxes"].append([(box_norm[0] + box_norm[2]) / 2, (box_norm[1] + box_norm[3]) / 2,
                                   size_2d[0] / resolution[0], size_2d[1] / resolution[1]])

@@ -12,22 +12,19 @@ __all__ = ["generate_unless_current", "SYNTHETIC_RECORD"]
 
 #: The file in data.root that records how the synthetic set there was generated.
 SYNTHETIC_RECORD = "synthetic_settings.json"
-_SETTING_KEYS = ("num_train", "num_val", "image_size", "seed")
-
-
 def generate_unless_current(data: dict, marker: str, generate: Callable) -> None:
     """Writes the configured synthetic set into data.root unless it is there already, made with
     the same settings.
 
-    ``marker`` is a file the generator writes last. The settings (data.synthetic's num_train,
-    num_val, image_size, seed, and the marker, which tells the kinds of set apart) and the files
+    ``marker`` is a file the generator writes last. The settings (every data.synthetic key, the
+    generator's keyword arguments, and the marker, which tells the kinds of set apart) and the files
     written are recorded in data.root/synthetic_settings.json. When the configured settings
     differ from the recorded ones, the recorded files are removed and the set is generated again
     (said on stderr). A root with the marker but no record (made by calling the generator
     directly, or by an earlier version) is used as it is, with a note on stderr. In a distributed
     run only the main process calls this, while the others wait."""
     root = data["root"]
-    kwargs = {key: data["synthetic"][key] for key in _SETTING_KEYS}
+    kwargs = dict(data["synthetic"])
     settings = json.loads(json.dumps({**kwargs, "marker": marker}))  # tuples as lists, as read back
     record = _read_record(root)
     if os.path.exists(os.path.join(root, marker)):

@@ -7,11 +7,15 @@ evaluation) runs in seconds on a CPU. Files follow the official layout::
 
 The camera is KITTI's P2 scaled to the image width (principal point scaled per axis); the road
 is the plane y = ``camera_height`` (y points down). Each image has 1..``max_objects`` boxes of
-class-typical sizes with a random heading at depths 5..40 m, painted far to near as their
+class-typical sizes at depths 5..40 m, painted far to near as their
 visible faces (shaded by the face's direction, in class colours). Labels match the pixels: the
 2D box is the projected 8 corners' bounding rectangle clipped to the image, ``truncation`` the
 share of that rectangle outside the image, ``occlusion`` 0, ``alpha = ry - atan2(x, z)``. The
 3D values are rounded to KITTI's 2 decimals before the 2D box is computed from them.
+
+Headings (``headings``): ``"uniform"``, any direction; or ``"road"``, along the road as most of
+KITTI's objects are: ry = +-90 degrees (away from or towards the camera) within
+:data:`ROAD_HEADING_SPREAD`.
 
 Each image is drawn from its own generator seeded by ``(seed, index)``: the same seed gives
 byte-identical files, and image ``i`` does not depend on how many images are generated.
@@ -30,7 +34,7 @@ from PIL import Image, ImageDraw
 from deformdetr.data.kitti import Calibration, KittiObject, wrap_angle, write_calib, write_labels
 
 __all__ = ["generate_synthetic_kitti", "SyntheticKitti", "render_synthetic_kitti", "synthetic_P2",
-           "KITTI_P2", "KITTI_IMAGE_SIZE"]
+           "KITTI_P2", "KITTI_IMAGE_SIZE", "HEADINGS", "ROAD_HEADING_SPREAD"]
 
 #: The P2 of KITTI's first training image and the image size (H, W) it belongs to.
 KITTI_P2 = np.array([[721.5377, 0.0, 609.5593, 44.85728], [0.0, 721.5377, 172.854, 0.2163791],
@@ -46,6 +50,10 @@ _CLASSES = {
 _CLASS_ORDER = ("Car", "Pedestrian", "Cyclist")
 # faces as corner indices of KittiObject.corners3d (0-3 bottom, 4-7 top): bottom, top, 4 sides
 _FACES = ((0, 1, 2, 3), (4, 5, 6, 7), (0, 1, 5, 4), (1, 2, 6, 5), (2, 3, 7, 6), (3, 0, 4, 7))
+#: The heading distributions (see the module docstring).
+HEADINGS = ("uniform", "road")
+#: With ``headings="road"``: how far (radians, either way) an object's ry is from +-90 degrees.
+ROAD_HEADING_SPREAD = math.radians(20)
 _LIGHT = np.array([0.4, -0.8, -0.45]) / np.linalg.norm([0.4, -0.8, -0.45])  # towards the light
 
 
@@ -85,8 +93,10 @@ def _round(obj: KittiObject) -> KittiObject:
 
 def render_synthetic_kitti(rng: np.random.Generator, height: int, width: int, max_objects: int = 4,
                            depth_range: tuple[float, float] = (5.0, 40.0), camera_height: float = 1.65,
-                           classes: Sequence[str] = _CLASS_ORDER) -> tuple[np.ndarray, np.ndarray, list[KittiObject]]:
+                           classes: Sequence[str] = _CLASS_ORDER, headings: str = "uniform",
+                           ) -> tuple[np.ndarray, np.ndarray, list[KittiObject]]:
     """One sample: ``(image (H, W, 3) uint8, P2 (3, 4), objects)``; see the module docstring."""
+    _check_headings(headings)
     P2 = synthetic_P2(height, width)
     calib = Calibration(P2)
     centre = -np.linalg.inv(P2[:, :3].astype(np.float64)) @ P2[:, 3].astype(np.float64)  # camera position
@@ -104,7 +114,7 @@ def render_synthetic_kitti(rng: np.random.Generator, height: int, width: int, ma
             u = rng.uniform(0.03, 0.97) * width  # the 3D centre's column: always inside the image
             x = (u - calib.cu) * z / calib.fu + calib.tx
             y = camera_height + 0.05 * rng.standard_normal()
-            ry = rng.uniform(-math.pi, math.pi)
+            ry = _heading(rng, headings)
             obj = _round(KittiObject(cls, 0.0, 0, 0.0, np.zeros(4), h, w, l, [x, y, z], ry))
             (box,), _ = calib.corners_to_img_boxes(obj.corners3d()[None])
             if all(_overlap(box, other) < 0.5 for other in placed):
@@ -141,6 +151,19 @@ def render_synthetic_kitti(rng: np.random.Generator, height: int, width: int, ma
     return np.asarray(image), P2, objects
 
 
+def _check_headings(headings: str) -> None:
+    if headings not in HEADINGS:
+        raise ValueError(f"headings must be one of {', '.join(HEADINGS)}, got {headings!r}")
+
+
+def _heading(rng: np.random.Generator, headings: str) -> float:
+    """An object's ry (see the module docstring)."""
+    if headings == "uniform":
+        return rng.uniform(-math.pi, math.pi)
+    direction = math.pi / 2 if rng.random() < 0.5 else -math.pi / 2
+    return wrap_angle(direction + rng.uniform(-ROAD_HEADING_SPREAD, ROAD_HEADING_SPREAD))
+
+
 def _overlap(a, b) -> float:
     """Intersection over the smaller box's area."""
     inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -161,23 +184,26 @@ class SyntheticKitti:
     @property
     def dataset_kwargs(self) -> dict:
         """``resolution`` the image size rounded up to multiples of 32 (W, H), ``height_scale``
-        so KITTI's 25 / 40 px difficulty thresholds scale with the image height."""
+        so KITTI's 25 / 40 px difficulty thresholds scale with the image height, ``writelist``
+        the classes it draws."""
         height, width = self.image_size
         return {"resolution": (-(-width // 32) * 32, -(-height // 32) * 32),
-                "height_scale": height / KITTI_IMAGE_SIZE[0]}
+                "height_scale": height / KITTI_IMAGE_SIZE[0], "writelist": _CLASS_ORDER}
 
 
 def generate_synthetic_kitti(root: Union[str, os.PathLike], num_train: int = 200, num_val: int = 50,
                              image_size: tuple[int, int] = (96, 320), seed: int = 0, max_objects: int = 4,
-                             depth_range: tuple[float, float] = (5.0, 40.0)) -> SyntheticKitti:
+                             depth_range: tuple[float, float] = (5.0, 40.0),
+                             headings: str = "uniform") -> SyntheticKitti:
     """Writes the data set under ``root`` (see the module docstring): training images 0 ..
     num_train - 1 listed in ``train.txt``, the next ``num_val`` in ``val.txt``, all in
-    ``trainval.txt``. ``image_size`` is (H, W)."""
+    ``trainval.txt``. ``image_size`` is (H, W); ``headings`` one of :data:`HEADINGS`."""
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
     height, width = int(image_size[0]), int(image_size[1])
     if height < 8 or width < 8:
         raise ValueError(f"image_size must be at least 8 x 8, got {image_size}")
+    _check_headings(headings)
     root = os.fspath(root)
     folders = {name: os.path.join(root, "training", name) for name in ("image_2", "label_2", "calib")}
     for folder in folders.values():
@@ -185,7 +211,7 @@ def generate_synthetic_kitti(root: Union[str, os.PathLike], num_train: int = 200
     os.makedirs(os.path.join(root, "ImageSets"), exist_ok=True)
     for index in range(num_train + num_val):
         rng = np.random.default_rng([seed, index])
-        image, P2, objects = render_synthetic_kitti(rng, height, width, max_objects, depth_range)
+        image, P2, objects = render_synthetic_kitti(rng, height, width, max_objects, depth_range, headings=headings)
         name = f"{index:06d}"
         Image.fromarray(image).save(os.path.join(folders["image_2"], name + ".png"), compress_level=1)
         write_labels(os.path.join(folders["label_2"], name + ".txt"), objects)

@@ -1,6 +1,8 @@
 """Prediction on image files: the model of a checkpoint with the task it belongs to, the image
-files named (and those in folders named), and 2D detections written as a JSON file of boxes and,
-per image, a PNG with the boxes drawn."""
+files named (and those in folders named), images run in batches of one input size with unreadable
+ones skipped (:func:`run_in_batches`), the records written as predictions.json
+(:func:`write_predictions`); and 2D detections, with a PNG per image with the boxes drawn. (3D
+detections: engine/predict_3d.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import glob
 import json
 import os
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -16,8 +18,8 @@ from tqdm import tqdm
 from deformdetr.engine.visualize import draw_detections
 from deformdetr.models.postprocess import PostProcess
 
-__all__ = ["Predictions", "drawing_names", "predict_images", "image_files", "load_for_prediction",
-           "recorded_categories"]
+__all__ = ["Predictions", "drawing_names", "output_names", "predict_images", "run_in_batches", "write_predictions",
+           "image_files", "load_for_prediction", "recorded_categories", "category_fields"]
 
 PREDICTIONS_NAME = "predictions.json"
 SKIPPED_NAME = "skipped.json"
@@ -99,23 +101,28 @@ def _same_file_key(path: str) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
-def drawing_names(image_paths: Sequence[str], output_dir: str) -> list[str]:
-    """The PNG file name in ``output_dir`` of each input's drawing: ``<stem>.png``, or
-    ``<stem>_1.png``, ``<stem>_2.png``... (the first free one, in input order) when that name is
-    already given to an earlier input (a/x.png and b/x.png, x.jpg and x.png) or is one of the input
-    images itself (``output_dir`` holding the inputs), so that no drawing overwrites an input
-    image or another drawing."""
+def output_names(image_paths: Sequence[str], folder: str, extension: str) -> list[str]:
+    """The file name in ``folder`` of each input's output: ``<stem><extension>``, or
+    ``<stem>_1<extension>``, ``<stem>_2<extension>``... (the first free one, in input order) when
+    that name is already given to an earlier input (a/x.png and b/x.png, x.jpg and x.png) or is
+    one of the input images itself (``folder`` holding the inputs), so that no output overwrites
+    an input image or another output."""
     taken = {_same_file_key(path) for path in image_paths}
     names = []
     for path in image_paths:
         stem = os.path.splitext(os.path.basename(path))[0]
-        name, suffix = f"{stem}.png", 0
-        while _same_file_key(os.path.join(output_dir, name)) in taken:
+        name, suffix = f"{stem}{extension}", 0
+        while _same_file_key(os.path.join(folder, name)) in taken:
             suffix += 1
-            name = f"{stem}_{suffix}.png"
-        taken.add(_same_file_key(os.path.join(output_dir, name)))
+            name = f"{stem}_{suffix}{extension}"
+        taken.add(_same_file_key(os.path.join(folder, name)))
         names.append(name)
     return names
+
+
+def drawing_names(image_paths: Sequence[str], output_dir: str) -> list[str]:
+    """The PNG file name in ``output_dir`` of each input's drawing (see :func:`output_names`)."""
+    return output_names(image_paths, output_dir, ".png")
 
 
 def _detections(result: dict, threshold: float, categories) -> tuple:
@@ -124,20 +131,18 @@ def _detections(result: dict, threshold: float, categories) -> tuple:
     boxes = result["boxes"][keep].cpu().tolist()
     labels = result["labels"][keep].cpu().tolist()
     scores = result["scores"][keep].cpu().tolist()
-    detections = [
-        {"label": int(l), "category_id": _category_id(categories, l), "name": _name(categories, l),
-         "score": float(s), "box_xyxy": [float(v) for v in b]}
-        for b, l, s in zip(boxes, labels, scores)
-    ]
+    detections = [{**category_fields(categories, l), "score": float(s), "box_xyxy": [float(v) for v in b]}
+                  for b, l, s in zip(boxes, labels, scores)]
     return boxes, labels, scores, detections
 
 
-def _category_id(categories, label: int) -> Optional[int]:
-    return int(label) if categories is None else categories.id_of(label)
-
-
-def _name(categories, label: int) -> str:
-    return str(int(label)) if categories is None else categories.name_of(label)
+def category_fields(categories, label) -> dict:
+    """A detection's class in predictions.json: the model's ``label``, the data set's
+    ``category_id`` and ``name`` (from ``categories``; None: the label for both)."""
+    label = int(label)
+    if categories is None:
+        return {"label": label, "category_id": label, "name": str(label)}
+    return {"label": label, "category_id": categories.id_of(label), "name": categories.name_of(label)}
 
 
 def _write_json(path: str, value) -> None:
@@ -163,18 +168,12 @@ def predict_images(model, image_paths: Sequence[str], output_dir: str, transform
     An image that cannot be read is skipped with a warning naming it; the skipped images are
     listed in output_dir/skipped.json (written only when there are some) and in the result's
     ``skipped``. Only when none of the images can be read is that an error (ValueError)."""
-    from deformdetr.data.coco import ImageLoadError, load_image
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     os.makedirs(output_dir, exist_ok=True)
     model.eval().to(device)
     runner = torch.compile(model) if compile else model
     postprocess = PostProcess()
     names = drawing_names(image_paths, output_dir)
     records: dict[int, dict] = {}
-    skipped = []
-    pending: dict[tuple, list] = {}  # transformed size -> [(index, image, tensor)]
 
     def run(group: list) -> None:
         outputs = runner(torch.stack([tensor for _, _, tensor in group]).to(device))
@@ -183,6 +182,21 @@ def predict_images(model, image_paths: Sequence[str], output_dir: str, transform
             records[index] = _record(image_paths[index], image, result, threshold, categories,
                                      os.path.join(output_dir, names[index]) if draw else None)
 
+    skipped = run_in_batches(image_paths, lambda index, image: transform(image, None)[0], run, batch_size)
+    return write_predictions(output_dir, image_paths, records, skipped)
+
+
+def run_in_batches(image_paths: Sequence[str], prepare: Callable, run: Callable, batch_size: int) -> list[dict]:
+    """Reads each image and calls ``run(group)`` on groups of up to ``batch_size`` images whose
+    network inputs ``prepare(index, image)`` have one shape, so that no image is padded: a group is
+    [(index in image_paths, PIL image, input tensor), ...] in input order. An image that cannot be
+    read is skipped with a warning naming it; returns the skipped ones as {"image", "error"}."""
+    from deformdetr.data.coco import ImageLoadError, load_image
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    skipped = []
+    pending: dict[tuple, list] = {}  # input shape -> [(index, image, tensor)]
     for index, path in enumerate(tqdm(image_paths, desc="predict", leave=False)):
         try:
             image = load_image(path)
@@ -190,13 +204,20 @@ def predict_images(model, image_paths: Sequence[str], output_dir: str, transform
             warnings.warn(f"predict: skipping {error}", RuntimeWarning)
             skipped.append({"image": os.path.abspath(path), "error": str(error)})
             continue
-        tensor, _ = transform(image, None)
+        tensor = prepare(index, image)
         group = pending.setdefault(tuple(tensor.shape), [])
         group.append((index, image, tensor))
         if len(group) == batch_size:
             run(pending.pop(tuple(tensor.shape)))
     for group in pending.values():
         run(group)
+    return skipped
+
+
+def write_predictions(output_dir: str, image_paths: Sequence[str], records: dict, skipped: list) -> Predictions:
+    """The records ({index in image_paths: record}) in input order, written to predictions.json,
+    and the skipped images to skipped.json (an earlier run's list removed when there are none);
+    a ValueError when no image could be read."""
     predictions = Predictions((records[i] for i in sorted(records)), skipped)
     if image_paths and not predictions:
         reasons = "; ".join(s["error"] for s in predictions.skipped[:3])

@@ -8,32 +8,48 @@ from typing import Mapping, Optional, Sequence
 
 from PIL import Image, ImageDraw
 
-__all__ = ["draw_detections", "log_figure", "plot_log"]
+__all__ = ["draw_detections", "log_figure", "plot_log", "class_colour", "enlarged", "draw_caption"]
 
 _MIN_SIDE = 256
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
             (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
 
 
+def class_colour(label) -> tuple[int, int, int]:
+    """The RGB colour that marks a class in drawings."""
+    return _PALETTE[int(label) % len(_PALETTE)]
+
+
+def enlarged(image: Image.Image) -> tuple[Image.Image, int]:
+    """(an RGB copy of ``image``, the whole-pixel factor it was enlarged by): images under 256 px
+    are enlarged (nearest) so that captions and lines stay legible."""
+    scale = max(1, -(-_MIN_SIDE // max(1, min(image.size))))
+    return image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST), scale
+
+
 def draw_detections(image: Image.Image, boxes: Sequence[Sequence[float]], labels: Sequence[int],
                     scores: Sequence[float], class_names: Optional[Mapping[int, str]] = None) -> Image.Image:
     """A copy of ``image`` with each (x0, y0, x1, y1) box outlined and captioned "name score".
     Images under 256 px are enlarged first (whole pixels, nearest) so that captions stay legible."""
-    scale = max(1, -(-_MIN_SIDE // max(1, min(image.size))))
-    canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+    canvas, scale = enlarged(image)
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(canvas.size) / 150))
     for box, label, score in zip(boxes, labels, scores):
-        color = _PALETTE[int(label) % len(_PALETTE)]
+        color = class_colour(label)
         x0, y0, x1, y1 = (float(v) * scale for v in box)
         draw.rectangle([x0, y0, x1, y1], outline=color, width=width)
         name = (class_names or {}).get(int(label), str(int(label)))
-        caption = f"{name} {float(score):.2f}"
-        text_box = draw.textbbox((x0, y0), caption)
-        top = max(0.0, y0 - (text_box[3] - text_box[1]) - 2)
-        draw.rectangle([x0, top, x0 + text_box[2] - text_box[0] + 2, top + text_box[3] - text_box[1] + 2], fill=color)
-        draw.text((x0 + 1, top), caption, fill=(0, 0, 0))
+        draw_caption(draw, x0, y0, f"{name} {float(score):.2f}", color)
     return canvas
+
+
+def draw_caption(draw: ImageDraw.ImageDraw, x0: float, y0: float, caption: str, color, font=None) -> None:
+    """``caption`` in black on a ``color`` label whose lower left corner is (x0, y0), moved down
+    where it would leave the top of the picture."""
+    text_box = draw.textbbox((x0, y0), caption, font=font)
+    top = max(0.0, y0 - (text_box[3] - text_box[1]) - 2)
+    draw.rectangle([x0, top, x0 + text_box[2] - text_box[0] + 2, top + text_box[3] - text_box[1] + 2], fill=color)
+    draw.text((x0 + 1, top - (text_box[1] - y0)), caption, fill=(0, 0, 0), font=font)
 
 
 def plot_log(log_path: str, png_path: str, panel: Optional[tuple] = None) -> Optional[str]:

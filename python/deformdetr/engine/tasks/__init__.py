@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from deformdetr.engine.tasks.base import Task
 
-__all__ = ["Task", "register_task", "get_task", "task_class", "task_names", "task_for_family", "DEFAULT_TASK"]
+__all__ = ["Task", "register_task", "get_task", "task_class", "task_names", "task_for_family", "DEFAULT_TASK",
+           "add_predict_options", "predict_option_values"]
 
 #: The task of a config that names none.
 DEFAULT_TASK = "detection"
@@ -46,6 +47,32 @@ def task_for_family(family: str) -> type[Task]:
         if cls.family == family:
             return cls
     raise ValueError(f"no task uses {family} models")
+
+
+def add_predict_options(parser) -> None:
+    """Every task's ``predict_options`` on ``parser`` (``deformdetr predict``), a group per task."""
+    for name in task_names():
+        cls = _TASKS[name]
+        if cls.predict_options:
+            group = parser.add_argument_group(f"for {cls.title} models")
+            for flag, settings in cls.predict_options:
+                group.add_argument(flag, default=None, **settings)
+
+
+def predict_option_values(task: Task, args, checkpoint: str) -> dict:
+    """The ``predict_options`` values given in ``args`` (parsed by a parser that
+    :func:`add_predict_options` set up), by dest, for ``task``'s model; an option of another task's
+    models is a ValueError naming it."""
+    values = {}
+    for name in task_names():
+        for flag, _ in _TASKS[name].predict_options:
+            dest = flag.lstrip("-").replace("-", "_")
+            if getattr(args, dest, None) is None:
+                continue
+            if name != task.name:
+                raise ValueError(f"{flag} is for {_TASKS[name].title} models; {checkpoint} holds a {task.title} model")
+            values[dest] = getattr(args, dest)
+    return values
 
 
 # The tasks register themselves when their modules load.

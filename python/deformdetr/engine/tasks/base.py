@@ -52,6 +52,14 @@ class Task:
     headline: ClassVar[str]
     #: curves.png's validation panel: ((log key, legend), ...), axis label, axis range
     plot_panel: ClassVar[tuple]
+    #: what its models do, in a few words for messages ("2D (Deformable DETR)")
+    title: ClassVar[str]
+    #: options of ``deformdetr predict`` for this task's models: ((flag, argparse settings), ...);
+    #: given values reach :meth:`predict_images` as keyword arguments named as the options' dests
+    predict_options: ClassVar[tuple] = ()
+    #: the preset ``deformdetr demo --task <name>`` trains, and its training budget in minutes
+    demo_preset: ClassVar[Optional[str]] = None
+    demo_minutes: ClassVar[float] = 12.0
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
@@ -116,10 +124,17 @@ class Task:
 
         return Categories.from_label_names({}, num_classes)
 
-    def predict_images(self, model, image_paths, output_dir: str, device, threshold: float, categories,
-                       batch_size: int = 1, compile: bool = False):
-        """Predictions on image files, written into ``output_dir`` (``deformdetr predict``)."""
+    def predict_images(self, model, image_paths, output_dir: str, device, threshold: Optional[float], categories,
+                       batch_size: int = 1, compile: bool = False, **options):
+        """Predictions on image files, written into ``output_dir`` (``deformdetr predict``), as
+        engine.predict.Predictions records; ``threshold`` None: the task's default; ``compile``:
+        through torch.compile; ``options``: values of :attr:`predict_options`."""
         raise ValueError(f"`deformdetr predict` does not handle {self.name} models yet")
+
+    def validation_images(self) -> tuple[list[str], dict]:
+        """(the image files of the config's validation split, the :attr:`predict_options` values
+        they need): what the demo draws."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def evaluate(self, model, loader, dataset, device, autocast: Callable, results_dir: Optional[str] = None) -> dict:

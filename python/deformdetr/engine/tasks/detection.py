@@ -3,6 +3,7 @@ with the official optimizer and schedule, evaluated with COCO box AP."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import warnings
@@ -19,6 +20,8 @@ __all__ = ["DetectionTask", "transform_settings", "parameter_groups", "COCO_RESU
 
 #: The COCO-format results file ``eval --results-dir`` writes.
 COCO_RESULTS_NAME = "coco_detections.json"
+#: The score ``deformdetr predict`` keeps detections from, unless told.
+PREDICT_THRESHOLD = 0.5
 
 
 def transform_settings(data: dict) -> dict:
@@ -53,6 +56,9 @@ class DetectionTask(Task):
     datasets = ("coco", "synthetic")
     headline = "AP"
     plot_panel = ((("test_AP", "AP"), ("test_AP50", "AP50"), ("test_AP75", "AP75")), "COCO box AP", (0, 1))
+    title = "2D (Deformable DETR)"
+    demo_preset = "demo_synthetic"
+    demo_minutes = 12.0
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
@@ -193,16 +199,22 @@ class DetectionTask(Task):
         return coco_categories(num_classes) if num_classes > max(coco_categories().ids) else \
             super().default_categories(num_classes)
 
-    def predict_images(self, model, image_paths, output_dir: str, device, threshold: float, categories,
+    def predict_images(self, model, image_paths, output_dir: str, device, threshold: Optional[float], categories,
                        batch_size: int = 1, compile: bool = False):
         """Detections on image files (engine.predict.predict_images) with this config's evaluation
-        transform."""
+        transform, scoring at least ``threshold`` (None: :data:`PREDICT_THRESHOLD`)."""
         from deformdetr.data.transforms import make_coco_transforms
         from deformdetr.engine.predict import predict_images
 
         transform = make_coco_transforms("val", **transform_settings(self.cfg["data"]))
-        return predict_images(model, image_paths, output_dir, transform, device, threshold, categories,
-                              batch_size=batch_size, compile=compile)
+        return predict_images(model, image_paths, output_dir, transform, device,
+                              PREDICT_THRESHOLD if threshold is None else threshold, categories, batch_size=batch_size,
+                              compile=compile)
+
+    def validation_images(self) -> tuple[list[str], dict]:
+        data = self.cfg["data"]
+        folder = data["val_images"] or os.path.join(data["root"], "val2017")
+        return sorted(glob.glob(os.path.join(folder, "*"))), {}
 
 
 def _number(value) -> str:

@@ -17,6 +17,10 @@ __all__ = ["Mono3DTask"]
 
 # The headline numbers first: the trainer prints the first two.
 HEADLINE = ("Car_3d_moderate_R40", "Car_bev_moderate_R40")
+# data.* keys passed to the data set as they are (deformdetr.data.KittiMono3D's arguments).
+DATASET_KEYS = ("writelist", "class_merging", "meanshape", "clip_2d", "aug_pd", "aug_crop", "random_flip",
+                "random_crop", "scale", "shift", "depth_scale")
+DEPTH_SCALES = ("normal", "inverse", "none")
 
 
 @register_task
@@ -28,6 +32,15 @@ class Mono3DTask(Task):
     headline = "Car_3d_moderate_R40"
     plot_panel = ((("test_Car_3d_moderate_R40", "Car 3D"), ("test_Car_bev_moderate_R40", "Car BEV")),
                   "KITTI AP R40, moderate (%)", (0, 100))
+    title = "3D (MonoDETR)"
+    predict_options = (
+        ("--calib", dict(metavar="FILE_OR_FOLDER", help="the camera: a KITTI calib file for all images, or a folder "
+                                                        "of them named as the images (KITTI's calib/)")),
+        ("--intrinsics", dict(metavar="FX,FY,CX,CY", help="the camera of all images as focal lengths and "
+                                                          "principal point, in pixels")),
+    )
+    demo_preset = "demo_monodetr_synthetic"
+    demo_minutes = 15.0
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
@@ -38,6 +51,10 @@ class Mono3DTask(Task):
             raise ConfigError(f"test.topk must be a positive integer, got {topk!r}")
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"test.threshold is a score in [0, 1], got {threshold!r}")
+        _check_classes(cfg)
+        if cfg["data"]["depth_scale"] not in DEPTH_SCALES:
+            raise ConfigError(f"data.depth_scale must be one of {', '.join(DEPTH_SCALES)}, "
+                              f"got {cfg['data']['depth_scale']!r}")
 
     def build_model(self, load_pretrained: bool = True):
         from deformdetr.models.detector import load_pretrained_backbone
@@ -66,9 +83,8 @@ class Mono3DTask(Task):
                 generate_synthetic_kitti(root, image_size=tuple(image_size), **kwargs)
 
             self.generate_synthetic_once(os.path.join("ImageSets", f"{data['val_split']}.txt"), synthetic_kitti)
-        common = dict(resolution=tuple(data["resolution"]), random_flip=data["random_flip"],
-                      random_crop=data["random_crop"], scale=data["scale"], shift=data["shift"],
-                      height_scale=data["height_scale"])
+        common = dict(resolution=tuple(data["resolution"]), height_scale=data["height_scale"],
+                      **{key: data[key] for key in DATASET_KEYS})
         return (KittiMono3D(data["root"], data["train_split"], **common),
                 KittiMono3D(data["root"], data["val_split"], **common))
 
@@ -103,9 +119,17 @@ class Mono3DTask(Task):
         images, calibs, img_sizes, _, infos = batch
         with autocast():
             outputs = model(images.to(device), calibs.to(device), img_sizes.to(device))
+        return decode(as_float32(outputs), calibs, img_sizes, img_ids=[int(info["img_id"]) for info in infos],
+                      **self.decode_settings())
+
+    def decode_settings(self, threshold: Optional[float] = None) -> dict:
+        """What turns outputs into boxes, as evaluation does (test.topk, test.threshold unless
+        ``threshold`` is given, the class mean sizes with data.meanshape)."""
+        from deformdetr.models.mono.decode import KITTI_CLS_MEAN_SIZE
+
         test = self.cfg["test"]
-        return decode(as_float32(outputs), calibs, img_sizes, topk=test["topk"], threshold=test["threshold"],
-                      img_ids=[int(info["img_id"]) for info in infos])
+        return {"topk": test["topk"], "threshold": test["threshold"] if threshold is None else threshold,
+                "cls_mean_size": KITTI_CLS_MEAN_SIZE if self.cfg["data"]["meanshape"] else None}
 
     def score(self, predictions: dict, dataset, results_dir: Optional[str] = None) -> dict:
         """KITTI AP (strict overlaps) against the split's label files; ``results_dir`` receives the
@@ -126,6 +150,30 @@ class Mono3DTask(Task):
         return "KITTI AP|R40 moderate " + ", ".join(f"{k.removesuffix('_moderate_R40')} {v:.2f}"
                                                     for k, v in shown.items())
 
+    def predict_images(self, model, image_paths, output_dir: str, device, threshold: Optional[float], categories,
+                       batch_size: int = 1, compile: bool = False, calib: Optional[str] = None,
+                       intrinsics: Optional[str] = None):
+        """3D boxes on image files (engine.predict_3d.predict_images_3d), each image with its camera
+        (``calib`` or ``intrinsics``, see data.camera.image_cameras), at data.resolution and
+        decoded as in evaluation; ``threshold`` replaces test.threshold; ``compile``: the model
+        through torch.compile."""
+        from deformdetr.data.camera import image_cameras
+        from deformdetr.engine.predict_3d import predict_images_3d
+
+        cameras = image_cameras(image_paths, calib, intrinsics)
+        return predict_images_3d(model, image_paths, output_dir, device, cameras, self.cfg["data"]["resolution"],
+                                 self.decode_settings(threshold), categories, batch_size=batch_size,
+                                 compile=compile)
+
+    def validation_images(self) -> tuple[list[str], dict]:
+        from deformdetr.data.kitti_dataset import read_split_file
+
+        data = self.cfg["data"]
+        split = os.path.join(data["root"], "ImageSets", f"{data['val_split']}.txt")
+        folder = os.path.join(data["root"], "testing" if data["val_split"] == "test" else "training")
+        images = [os.path.join(folder, "image_2", f"{index}.png") for index in read_split_file(split)]
+        return images, {"calib": os.path.join(folder, "calib")}
+
     def categories(self, dataset):
         return self.default_categories(self.cfg["model"]["num_classes"])
 
@@ -135,3 +183,21 @@ class Mono3DTask(Task):
         from deformdetr.data.kitti import KITTI_CLASS_NAMES
 
         return Categories.from_label_names(dict(enumerate(KITTI_CLASS_NAMES[:num_classes])), num_classes)
+
+
+def _check_classes(cfg: dict) -> None:
+    """data.writelist holds KITTI classes whose labels (the fixed official numbering) the model has."""
+    from deformdetr.configs import ConfigError
+    from deformdetr.data.kitti import KITTI_CLASS_NAMES, KITTI_CLS2ID
+
+    writelist, num_classes = cfg["data"]["writelist"], cfg["model"]["num_classes"]
+    numbering = ", ".join(f"{name} {label}" for label, name in enumerate(KITTI_CLASS_NAMES))
+    if not isinstance(writelist, list) or not writelist or not all(name in KITTI_CLS2ID for name in writelist):
+        raise ConfigError(f"data.writelist must list some of {', '.join(KITTI_CLASS_NAMES)} (e.g. [Car]), "
+                          f"got {writelist!r}")
+    too_high = [name for name in writelist if KITTI_CLS2ID[name] >= num_classes]
+    if cfg["data"]["class_merging"] and KITTI_CLS2ID["Car"] >= num_classes:
+        too_high.append("Car (class_merging)")
+    if too_high:
+        raise ConfigError(f"model.num_classes={num_classes} has no label for {', '.join(too_high)}: labels keep "
+                          f"the official numbering ({numbering}) whatever data.writelist holds; use 3")
