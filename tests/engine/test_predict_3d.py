@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from deformdetr.cli import main
-from deformdetr.data import generate_synthetic_kitti
 from deformdetr.data.kitti import read_calib, read_label_lines
 from deformdetr.eval.kitti import evaluate_kitti, read_kitti_label_dir, read_kitti_result_dir
 

@@ -48,6 +48,7 @@ def measure_case(case: str, variant: str, size: tuple, batch: int, device: str) 
     """Peak bytes above the start and seconds of one training step of ``batch`` images: at once,
     with recomputed activations, or one image at a time (``accumulate``)."""
     from deformdetr.bench.model import build, random_targets
+    from deformdetr.engine.tasks.base import to_device
 
     model, criterion = build(variant)
     model.transformer.set_activation_checkpointing(case == "checkpoint_activations")
@@ -56,7 +57,7 @@ def measure_case(case: str, variant: str, size: tuple, batch: int, device: str) 
     height, width = size
     images = torch.randn(batch, 3, height, width, generator=generator).to(device)
     mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
-    targets = [{k: v.to(device) for k, v in t.items()} for t in random_targets(batch, generator)]
+    targets = to_device(random_targets(batch, generator), device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     parts = [slice(i, i + 1) for i in range(batch)] if case == "accumulate" else [slice(0, batch)]
     num_boxes = sum(len(t["labels"]) for t in targets)

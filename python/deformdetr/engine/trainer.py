@@ -23,6 +23,7 @@ from deformdetr.engine import distributed as dist
 from deformdetr.engine.checkpoint import copy_atomic, preserved_rng, restore_rng_state, rng_state, save_atomic
 from deformdetr.engine.predict import recorded_categories
 from deformdetr.engine.tasks import DEFAULT_TASK, get_task
+from deformdetr.engine.tasks.base import place_steps_for_fused
 from deformdetr.engine.outputs import as_float32
 from deformdetr.models.checkpoint import WeightReport, family_of, load_weights, model_state_of, read_checkpoint, read_weights
 from deformdetr.models.criterion import is_layer_copy
@@ -198,23 +199,11 @@ def _restore_optimization(optimizer, scheduler, checkpoint: dict, path: str, sta
                          f"groups (did train.lr_backbone or the model change?): {error}") from None
     for group, settings in zip(optimizer.param_groups, configured):
         group.update(settings)
-    _place_steps_for_fused(optimizer)
+    place_steps_for_fused(optimizer)
     with warnings.catch_warnings():  # stepping a scheduler with no optimizer step in between
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(start_epoch):
             scheduler.step()
-
-
-def _place_steps_for_fused(optimizer) -> None:
-    """A fused optimizer keeps each parameter's step count as float32 on the parameter's device;
-    one saved by an unfused optimizer (an older checkpoint) has it as a CPU scalar."""
-    for group in optimizer.param_groups:
-        if not group.get("fused"):
-            continue
-        for param in group["params"]:
-            step = optimizer.state.get(param, {}).get("step")
-            if torch.is_tensor(step):
-                optimizer.state[param]["step"] = step.to(param.device, torch.float32)
 
 
 def train(cfg: dict, resume: Optional[str] = None, progress: bool = True, overwrite: bool = False,

@@ -4,8 +4,7 @@ import copy
 
 import torch
 
-from deformdetr.engine.tasks.base import adamw
-from deformdetr.engine.trainer import _place_steps_for_fused
+from deformdetr.engine.tasks.base import adamw, place_steps_for_fused
 
 
 def _parameters():
@@ -41,7 +40,7 @@ def test_a_loop_optimizers_state_resumes_in_a_fused_one():
     fused = adamw([{"params": resumed_params}], lr=1e-2)
     fused.load_state_dict(saved)
     fused.param_groups[0]["fused"] = True  # the config's settings, as the trainer restores them
-    _place_steps_for_fused(fused)
+    place_steps_for_fused(fused)
     continued = _steps(loop, params)
     for a, b in zip(_steps(fused, resumed_params), continued):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -52,6 +51,6 @@ def test_steps_are_placed_as_a_fused_optimizer_keeps_them():
     optimizer = adamw([{"params": params}], lr=1e-2)
     _steps(optimizer, params, steps=1)
     optimizer.state[params[0]]["step"] = torch.tensor(1.0, dtype=torch.float64)  # as another optimizer kept it
-    _place_steps_for_fused(optimizer)
+    place_steps_for_fused(optimizer)
     assert all(optimizer.state[p]["step"].dtype == torch.float32 and optimizer.state[p]["step"].device == p.device
                for p in params)

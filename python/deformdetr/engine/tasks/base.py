@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from deformdetr.engine import distributed as dist
 
-__all__ = ["Task", "adamw", "to_device"]
+__all__ = ["Task", "adamw", "place_steps_for_fused", "to_device"]
 
 
 def to_device(targets, device):
@@ -31,6 +31,18 @@ def adamw(groups, **settings) -> torch.optim.AdamW:
     devices = {p.device.type for group in groups for p in group["params"]}
     fused = devices <= set(FUSED_ADAMW_DEVICES) and len(devices) == 1
     return torch.optim.AdamW(groups, fused=fused or None, **settings)
+
+
+def place_steps_for_fused(optimizer) -> None:
+    """A fused optimizer keeps each parameter's step count as float32 on the parameter's device;
+    one saved by an unfused optimizer (an older checkpoint) has it as a CPU scalar."""
+    for group in optimizer.param_groups:
+        if not group.get("fused"):
+            continue
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if torch.is_tensor(step):
+                optimizer.state[param]["step"] = step.to(param.device, torch.float32)
 
 
 class Task:
