@@ -212,6 +212,32 @@ def test_what_one_process_of_a_distributed_run_says_is_said_once(tmp_path, monke
     assert out == ["COCO box AP 0.500, AP50 0.700", "outputs in out (1.0 min)"]
 
 
+def test_the_2d_demo_draws_from_its_own_threshold(tmp_path, monkeypatch):
+    import deformdetr.engine.predict as predict
+    import deformdetr.engine.trainer as trainer
+    from deformdetr.engine.tasks import task_class
+
+    drawn = []
+
+    class Task:
+        headline = "AP"
+
+        def validation_images(self):
+            return ["a.png"], {}
+
+        def predict_images(self, model, images, output_dir, device, threshold, categories):
+            drawn.append(threshold)
+
+        def format_metrics(self, metrics):
+            return "metrics"
+
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kwargs: {"eval": {"AP": 0.5}})
+    monkeypatch.setattr(predict, "load_for_prediction", lambda path: (Task(), None, None))
+    for extra, expected in (([], task_class("detection").demo_threshold), (["--threshold", "0.7"], 0.7)):
+        assert main(["demo", "--output-dir", str(tmp_path), *extra]) == 0
+        assert drawn.pop() == expected
+
+
 @pytest.mark.slow
 def test_the_3d_demo_trains_evaluates_and_draws(tmp_path, capsys):
     """`demo --task mono3d`: the task's demo preset (here shrunk to seconds), its headline metric on

@@ -49,6 +49,8 @@ def _bench(args) -> int:
         from deformdetr.bench.export import main as bench_main
     elif args.what == "memory":
         from deformdetr.bench.memory import main as bench_main
+    elif args.what == "training":
+        from deformdetr.bench.training import main as bench_main
     else:
         from deformdetr.bench.matcher import main as bench_main
     bench_main(args.rest)
@@ -209,7 +211,8 @@ def _demo(args) -> int:
     task, model, categories = load_for_prediction(os.path.join(cfg["output_dir"], CHECKPOINT_NAME))
     images, options = task.validation_images()
     predictions = os.path.join(cfg["output_dir"], "predictions")
-    task.predict_images(model, images[: args.num_images], predictions, device, args.threshold, categories, **options)
+    threshold = args.threshold if args.threshold is not None else demo.demo_threshold
+    task.predict_images(model, images[: args.num_images], predictions, device, threshold, categories, **options)
     _print_metrics(task, metrics)
     print(f"demo done in {(time.time() - started) / 60:.1f} min: {task.headline} {metrics.get(task.headline, 0):.3f}; "
           f"curves {os.path.join(cfg['output_dir'], 'curves.png')}; pictures in {predictions}")
@@ -300,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"training time budget ({budgets}; checked after each epoch, the whole demo takes "
                            f"~1-2 min more)")
     demo.add_argument("--num-images", type=int, default=8, help="validation images to draw")
-    demo.add_argument("--threshold", type=_threshold, help="as predict's")
+    thresholds = ", ".join(f"{task_class(name).demo_threshold} for {name}" for name in _demo_tasks()
+                           if task_class(name).demo_threshold is not None)
+    demo.add_argument("--threshold", type=_threshold,
+                      help=f"draw detections from this score ({thresholds}; otherwise as predict's)")
     demo.add_argument("overrides", nargs="*", help=overrides_help)
     demo.set_defaults(run=_demo)
 
@@ -311,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare the speed of the native core with reference implementations",
         description="Extra arguments go to the benchmark, e.g. `deformdetr bench attention --batch 2`.",
     )
-    bench.add_argument("what", nargs="?", default="attention", choices=["attention", "matcher", "model", "memory", "export"])
+    bench.add_argument("what", nargs="?", default="attention",
+                       choices=["attention", "matcher", "model", "memory", "training", "export"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
     return parser

@@ -71,7 +71,7 @@ def test_mono3d_test_keys_choose_what_is_evaluated(tmp_path):
     """test.threshold and test.topk decide which decoded detections are scored and written."""
     import torch
 
-    from deformdetr.engine.trainer import _loader
+    from deformdetr.engine.trainer import data_loader
 
     root = tmp_path / "kitti"
     overrides = [f"data.root={root}", "data.synthetic.image_size=[32,96]", "data.synthetic.num_train=2",
@@ -86,7 +86,7 @@ def test_mono3d_test_keys_choose_what_is_evaluated(tmp_path):
         model, _ = task.build_model(load_pretrained=False)
         _, val = task.build_datasets()
         results = tmp_path / "_".join(test_keys)
-        task.evaluate(model, _loader(val, task.collate_fn, 2, False, 0, 0, 0), val, torch.device("cpu"),
+        task.evaluate(model, data_loader(val, task.collate_fn, 2, False, 0, 0, 0), val, torch.device("cpu"),
                       torch.no_grad, str(results))
         return sum(len(p.read_text().splitlines()) for p in results.iterdir())
 

@@ -22,13 +22,15 @@ from deformdetr.configs import complete, parse_device
 from deformdetr.engine import distributed as dist
 from deformdetr.engine.checkpoint import copy_atomic, preserved_rng, restore_rng_state, rng_state, save_atomic
 from deformdetr.engine.predict import recorded_categories
+from deformdetr.engine.schedule import FIT_AFTER_EPOCHS, decay_epochs, epochs_within_budget, fitted_decays, set_decays
 from deformdetr.engine.tasks import DEFAULT_TASK, get_task
 from deformdetr.engine.tasks.base import place_steps_for_fused
 from deformdetr.engine.outputs import as_float32
 from deformdetr.models.checkpoint import WeightReport, family_of, load_weights, model_state_of, read_checkpoint, read_weights
 from deformdetr.models.criterion import is_layer_copy
 
-__all__ = ["resolve_device", "train", "Trainer", "train_one_epoch", "accumulate_gradients", "evaluate_checkpoint"]
+__all__ = ["resolve_device", "train", "Trainer", "train_one_epoch", "accumulate_gradients", "data_loader",
+           "evaluate_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
 BEST_NAME = "checkpoint_best.pth"
@@ -47,8 +49,8 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def _loader(dataset, collate_fn, batch_size: int, train: bool, num_workers: int, seed: int,
-            epoch: int) -> DataLoader:
+def data_loader(dataset, collate_fn, batch_size: int, train: bool, num_workers: int, seed: int,
+                epoch: int) -> DataLoader:
     # Shuffling and worker seeds derive from (seed, epoch) only, so a resumed run sees exactly
     # the batches an uninterrupted run would.
     generator = torch.Generator().manual_seed(seed + epoch)
@@ -251,6 +253,10 @@ class Trainer:
         self.optimizer = self.task.build_optimizer(self.model)
         self.scheduler = self.task.build_scheduler(self.optimizer)
         self.start_epoch = 0
+        # train.fit_to_budget's epochs and decays once fitted (a resumed run keeps them).
+        self.fitted_schedule = checkpoint.get("fitted_schedule") if checkpoint is not None else None
+        if self.fitted_schedule:
+            self._apply_fitted_schedule()
         if checkpoint is not None:
             load_weights(self.model, checkpoint["model"], resume, hint=_SAME_CONFIG)
             self.start_epoch = checkpoint["epoch"] + 1
@@ -305,7 +311,7 @@ class Trainer:
     # ---- the parts of an epoch -----------------------------------------------------------------
 
     def build_loader(self, dataset, train: bool, epoch: int) -> DataLoader:
-        return _loader(dataset, self.task.collate_fn, self.train_cfg["batch_size"], train,
+        return data_loader(dataset, self.task.collate_fn, self.train_cfg["batch_size"], train,
                        self.cfg["data"]["num_workers"], self.train_cfg["seed"], epoch)
 
     def train_epoch(self, epoch: int) -> dict:
@@ -324,7 +330,8 @@ class Trainer:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "lr_scheduler": self.scheduler.state_dict(), "epoch": epoch, "rng": rng_state(),
                  "config": self.cfg, "args": dict(vars(self.model.config)),
-                 "categories": self.categories.to_list(), "best": self.best.record}
+                 "categories": self.categories.to_list(), "best": self.best.record,
+                 "fitted_schedule": self.fitted_schedule}
         last = os.path.join(self.output_dir, CHECKPOINT_NAME)
         save_atomic(state, last)
         if improved:
@@ -339,12 +346,16 @@ class Trainer:
         if self.start_epoch >= epochs and dist.is_main_process():
             print(f"nothing to train: the checkpoint has finished epoch {self.start_epoch} of {epochs}; "
                   f"raise train.epochs to continue", file=sys.stderr)
-        for epoch in range(self.start_epoch, epochs):
+        epoch = self.start_epoch
+        while epoch < epochs:
             epoch_start = time.time()
             stats = self.train_epoch(epoch)
             self.scheduler.step()
             max_minutes = self.train_cfg["max_minutes"]
             out_of_time = max_minutes is not None and (time.time() - started) / 60 >= max_minutes
+            if (epoch == FIT_AFTER_EPOCHS - 1 and self.start_epoch == 0 and self.train_cfg["fit_to_budget"]
+                    and max_minutes is not None and not out_of_time):
+                epochs = self.fit_to_budget(time.time() - started, time.time() - epoch_start, epochs)
             record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
                       "epoch_seconds": time.time() - epoch_start, **{f"train_{k}": v for k, v in stats.items()}}
             evaluated = (epoch + 1) % self.train_cfg["eval_every"] == 0 or epoch == epochs - 1 or out_of_time
@@ -362,6 +373,7 @@ class Trainer:
                     print(self._epoch_line(epoch, stats, last_eval if evaluated else {}, improved), flush=True)
             if out_of_time:
                 break
+            epoch += 1
         if dist.is_main_process():
             from deformdetr.engine.visualize import plot_log
 
@@ -370,6 +382,26 @@ class Trainer:
         dist.barrier()
         return {"eval": last_eval, "minutes": (time.time() - started) / 60, "output_dir": self.output_dir,
                 "best": self.best.record}
+
+    def fit_to_budget(self, elapsed_seconds: float, epoch_seconds: float, epochs: int) -> int:
+        """The epochs that fit in ``train.max_minutes`` at this epoch's pace (the slowest
+        process's), with the schedule's decays moved to the same fractions of them
+        (engine/schedule.py); the saved config records them."""
+        timings = dist.all_gather_objects((elapsed_seconds, epoch_seconds))
+        elapsed, pace = max(t[0] for t in timings), max(t[1] for t in timings)
+        minutes = self.train_cfg["max_minutes"]
+        fitted = epochs_within_budget(minutes * 60, elapsed, pace, FIT_AFTER_EPOCHS, epochs)
+        self.fitted_schedule = {"epochs": fitted, "decays": fitted_decays(self.scheduler, epochs, fitted)}
+        self._apply_fitted_schedule()
+        if dist.is_main_process() and self.progress:
+            decays = ", ".join(map(str, decay_epochs(self.scheduler, fitted))) or "none of them"
+            print(f"train.fit_to_budget: {pace:.0f} s an epoch, so {fitted} of {epochs} epochs fit in {minutes:g} min; "
+                  f"the learning rate decays from epoch {decays}", flush=True)
+        return fitted
+
+    def _apply_fitted_schedule(self) -> None:
+        set_decays(self.scheduler, self.fitted_schedule["decays"])
+        self.train_cfg["epochs"] = self.fitted_schedule["epochs"]
 
     def _epoch_line(self, epoch: int, stats: dict, metrics: dict, improved: bool) -> str:
         line = f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f}"
@@ -438,7 +470,7 @@ def evaluate_checkpoint(cfg: dict, checkpoint_path: str, results_dir: Optional[s
     model, _ = task.build_model(load_pretrained=False)
     load_weights(model, weights, checkpoint_path, hint=_SAME_CONFIG)
     model.to(device)
-    loader = _loader(val_set, task.collate_fn, cfg["train"]["batch_size"], False, cfg["data"]["num_workers"], 0, 0)
+    loader = data_loader(val_set, task.collate_fn, cfg["train"]["batch_size"], False, cfg["data"]["num_workers"], 0, 0)
     return task.evaluate(model, loader, val_set, device, lambda: _autocast(device, cfg["train"]["amp"]), results_dir)
 
 

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from deformdetr.models.conv import Conv2d
+
 __all__ = ["FrozenBatchNorm2d", "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50",
            "resnet101", "RESNETS", "RESNET_URLS"]
 
@@ -61,10 +63,10 @@ class BasicBlock(nn.Module):
                  downsample: Optional[nn.Module] = None, dilation: int = 1, norm_layer=None):
         super().__init__()
         norm_layer = norm_layer or FrozenBatchNorm2d
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = norm_layer(planes)
         self.downsample = downsample
 
@@ -91,13 +93,13 @@ class Bottleneck(nn.Module):
         super().__init__()
         norm_layer = norm_layer or FrozenBatchNorm2d
         width = planes
-        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.conv1 = Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = norm_layer(width)
-        self.conv2 = nn.Conv2d(
+        self.conv2 = Conv2d(
             width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
         )
         self.bn2 = norm_layer(width)
-        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.conv3 = Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = norm_layer(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -122,7 +124,7 @@ class ResNet(nn.Module):
         self.norm_layer = norm_layer or FrozenBatchNorm2d
         self.inplanes = 64
         self.dilation = 1
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = self.norm_layer(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -146,7 +148,7 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
                 self.norm_layer(planes * block.expansion),
             )
         # The first block keeps the previous dilation, as torchvision does.

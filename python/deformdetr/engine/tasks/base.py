@@ -72,6 +72,8 @@ class Task:
     #: the preset ``deformdetr demo --task <name>`` trains, and its training budget in minutes
     demo_preset: ClassVar[Optional[str]] = None
     demo_minutes: ClassVar[float] = 12.0
+    #: the score from which the demo draws detections (None: predict's default)
+    demo_threshold: ClassVar[Optional[float]] = None
 
     def __init__(self, cfg: dict):
         self.cfg = cfg

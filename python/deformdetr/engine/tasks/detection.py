@@ -59,6 +59,9 @@ class DetectionTask(Task):
     title = "2D (Deformable DETR)"
     demo_preset = "demo_synthetic"
     demo_minutes = 12.0
+    # After 12 CPU minutes the demo's focal-loss scores peak near 0.5 (AP50 0.85): drawn from 0.5,
+    # most objects would show no box.
+    demo_threshold = 0.4
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
