@@ -92,7 +92,7 @@ def _learning_rates(output_dir):
 def test_a_run_fitted_to_its_budget_and_resumed(tmp_path, tiny_overrides, monkeypatch, capsys):
     whole = tmp_path / "whole"
     result = _fake_clock_run(monkeypatch, _budget_config(tiny_overrides, whole))
-    assert "20 s an epoch, so 9 of 10 epochs fit in 3 min; the learning rate decays from epoch 7" in capsys.readouterr().out
+    assert "20 s an epoch, so 9 of 10 epochs fit in 3 min; the learning rate decays at epoch 7" in capsys.readouterr().out
     assert _learning_rates(whole) == pytest.approx([1e-4] * 6 + [1e-5] * 3)  # the rate after each epoch
     assert "AP50" in result["eval"]                                             # the last epoch evaluated
     checkpoint = read_checkpoint(str(whole / "checkpoint.pth"))
@@ -105,6 +105,12 @@ def test_a_run_fitted_to_its_budget_and_resumed(tmp_path, tiny_overrides, monkey
     trainer_module.train(_budget_config(tiny_overrides, split), resume=str(split / "checkpoint.pth"), progress=False)
     assert _learning_rates(split) == pytest.approx(_learning_rates(whole))
     assert read_checkpoint(str(split / "checkpoint.pth"))["epoch"] == 8
+
+    # Resumed with fit_to_budget off, the config's schedule holds: epochs up to 10, the drop at 8.
+    again = _budget_config(tiny_overrides, split)
+    again["train"]["fit_to_budget"] = False
+    trainer_module.train(again, resume=str(split / "checkpoint.pth"), progress=False)
+    assert _learning_rates(split)[9:] == pytest.approx([1e-5])
 
 
 def test_without_a_budget_the_schedule_is_untouched(tmp_path, tiny_overrides):

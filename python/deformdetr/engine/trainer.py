@@ -253,9 +253,11 @@ class Trainer:
         self.optimizer = self.task.build_optimizer(self.model)
         self.scheduler = self.task.build_scheduler(self.optimizer)
         self.start_epoch = 0
-        # train.fit_to_budget's epochs and decays once fitted (a resumed run keeps them).
-        self.fitted_schedule = checkpoint.get("fitted_schedule") if checkpoint is not None else None
-        if self.fitted_schedule:
+        # train.fit_to_budget's epochs and decays once fitted: a resumed run keeps them, unless
+        # resumed with train.fit_to_budget=false (then the config's schedule holds).
+        self.fitted_schedule = None
+        if checkpoint is not None and checkpoint.get("fitted_schedule") and self.train_cfg["fit_to_budget"]:
+            self.fitted_schedule = checkpoint["fitted_schedule"]
             self._apply_fitted_schedule()
         if checkpoint is not None:
             load_weights(self.model, checkpoint["model"], resume, hint=_SAME_CONFIG)
@@ -312,7 +314,7 @@ class Trainer:
 
     def build_loader(self, dataset, train: bool, epoch: int) -> DataLoader:
         return data_loader(dataset, self.task.collate_fn, self.train_cfg["batch_size"], train,
-                       self.cfg["data"]["num_workers"], self.train_cfg["seed"], epoch)
+                           self.cfg["data"]["num_workers"], self.train_cfg["seed"], epoch)
 
     def train_epoch(self, epoch: int) -> dict:
         return train_one_epoch(self.task, self.model_ddp, self.criterion, self.build_loader(self.train_set, True, epoch),
@@ -394,9 +396,10 @@ class Trainer:
         self.fitted_schedule = {"epochs": fitted, "decays": fitted_decays(self.scheduler, epochs, fitted)}
         self._apply_fitted_schedule()
         if dist.is_main_process() and self.progress:
-            decays = ", ".join(map(str, decay_epochs(self.scheduler, fitted))) or "none of them"
+            decays = decay_epochs(self.scheduler, fitted)
+            when = f"at epoch {', '.join(map(str, decays))}" if decays else "after them"
             print(f"train.fit_to_budget: {pace:.0f} s an epoch, so {fitted} of {epochs} epochs fit in {minutes:g} min; "
-                  f"the learning rate decays from epoch {decays}", flush=True)
+                  f"the learning rate decays {when}", flush=True)
         return fitted
 
     def _apply_fitted_schedule(self) -> None:
