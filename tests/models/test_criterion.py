@@ -43,6 +43,31 @@ def assert_same_losses(got, expected):
         torch.testing.assert_close(got[key], expected[key], msg=key)
 
 
+def host_reads(run) -> int:
+    """How many times ``run`` reads a tensor's value back to the host (on a GPU each one waits
+    for the device)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                reads.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        run()
+    return len(reads)
+
+
+def test_the_losses_read_from_the_device_once_for_all_layers():
+    """num_boxes only (as official); the matched boxes' GIoU no longer checks each layer's boxes."""
+    criterion = build_criterion(num_classes=CLASSES, dec_layers=3, aux_loss=True)
+    out, expected_targets = outputs(aux_layers=2), targets()
+    assert host_reads(lambda: criterion(out, expected_targets)) == 1
+
+
 # ---- targets ---------------------------------------------------------------------------------
 
 

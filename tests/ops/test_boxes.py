@@ -17,6 +17,7 @@ from deformdetr.ops import (
     box_xyxy_to_cxcywh,
     box_xyxy_to_cxcywh_reference,
     generalized_box_iou,
+    generalized_box_iou_pairs,
     generalized_box_iou_reference,
 )
 
@@ -188,3 +189,24 @@ def test_a_huge_thread_request_uses_at_most_the_hardware_threads():
     _C.box_iou(boxes1, boxes2, out, 3000)  # work enough for 3000 threads, one row each
     assert len(os.listdir("/proc/self/task")) <= threading.active_count() + _C.hardware_threads() + 8
     torch.testing.assert_close(out, box_iou_reference(boxes1, boxes2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_giou_of_pairs_is_the_diagonal_bit_for_bit(dtype):
+    boxes1, boxes2 = random_xyxy(9, dtype, seed=3), random_xyxy(9, dtype, seed=4)
+    boxes1[0] = boxes2[0]  # identical, nested and disjoint pairs among the random ones
+    expected = torch.diag(generalized_box_iou_reference(boxes1, boxes2))
+    assert torch.equal(generalized_box_iou_pairs(boxes1, boxes2), expected)
+    a, b = boxes1.clone().requires_grad_(True), boxes2.clone().requires_grad_(True)
+    generalized_box_iou_pairs(a, b).sum().backward()
+    a_ref, b_ref = boxes1.clone().requires_grad_(True), boxes2.clone().requires_grad_(True)
+    torch.diag(generalized_box_iou_reference(a_ref, b_ref)).sum().backward()
+    torch.testing.assert_close(a.grad, a_ref.grad)
+    torch.testing.assert_close(b.grad, b_ref.grad)
+
+
+def test_giou_of_pairs_needs_rows_in_pairs():
+    with pytest.raises(ValueError, match="as many rows on each side"):
+        generalized_box_iou_pairs(random_xyxy(3), random_xyxy(2))
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        generalized_box_iou_pairs(random_xyxy(3)[:, :3], random_xyxy(3)[:, :3])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deformdetr.models.matcher import HungarianMatcher, checked_boxes, checked_labels
-from deformdetr.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from deformdetr.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou_pairs
 
 __all__ = ["SetCriterion", "sigmoid_focal_loss", "per_layer_weights", "official_weight_dict", "build_criterion"]
 
@@ -89,7 +89,7 @@ class SetCriterion(nn.Module):
         src = outputs["pred_boxes"][batch_idx, query_idx]
         target = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src)
         loss_bbox = F.l1_loss(src, target, reduction="none").sum() / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(target)))
+        giou = generalized_box_iou_pairs(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(target))
         return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
 
     @staticmethod

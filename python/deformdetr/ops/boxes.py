@@ -23,6 +23,7 @@ __all__ = [
     "box_xyxy_to_cxcywh",
     "box_iou",
     "generalized_box_iou",
+    "generalized_box_iou_pairs",
     "box_cxcywh_to_xyxy_reference",
     "box_xyxy_to_cxcywh_reference",
     "box_iou_reference",
@@ -125,23 +126,50 @@ def box_xyxy_to_cxcywh_reference(boxes: Tensor) -> Tensor:
 
 
 def _area(boxes: Tensor) -> Tensor:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
 def _intersection_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    """Of xyxy boxes that broadcast against each other: (N, 1, 4) with (1, M, 4) for every pair,
+    (N, 4) with (N, 4) for the pairs in the same row."""
+    top_left = torch.maximum(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
     size = (bottom_right - top_left).clamp(min=0)
     intersection = size[..., 0] * size[..., 1]
-    union = _area(boxes1)[:, None] + _area(boxes2)[None, :] - intersection
+    union = _area(boxes1) + _area(boxes2) - intersection
     return intersection, union
+
+
+def _generalized_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Generalized IoU of broadcasting xyxy boxes (see :func:`_intersection_and_union`)."""
+    intersection, union = _intersection_and_union(boxes1, boxes2)
+    iou = intersection / union
+    top_left = torch.minimum(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
+    size = (bottom_right - top_left).clamp(min=0)
+    enclosing = size[..., 0] * size[..., 1]
+    return iou - (enclosing - union) / enclosing
 
 
 def box_iou_reference(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     _check_box_rows(boxes1, "boxes1")
     _check_box_rows(boxes2, "boxes2")
-    intersection, union = _intersection_and_union(boxes1, boxes2)
+    intersection, union = _intersection_and_union(boxes1[:, None], boxes2[None])
     return intersection / union
+
+
+def generalized_box_iou_pairs(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Generalized IoU of each xyxy box of boxes1 (N, 4) with the box in the same row of boxes2
+    (N, 4): ``torch.diag(generalized_box_iou(boxes1, boxes2))`` (the DETR losses' form, equal
+    bit for bit) without the N x N matrix and without the degenerate-box check, which on a GPU
+    waits for the device. For the losses of matched predictions: their targets are checked on
+    the way in, and a NaN prediction makes the loss NaN, which training reports."""
+    _check_box_rows(boxes1, "boxes1")
+    _check_box_rows(boxes2, "boxes2")
+    if boxes1.shape != boxes2.shape:
+        raise ValueError(f"pairs of boxes need as many rows on each side, got {tuple(boxes1.shape)} "
+                         f"and {tuple(boxes2.shape)}")
+    return _generalized_iou(boxes1, boxes2)
 
 
 def generalized_box_iou_reference(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -154,10 +182,4 @@ def generalized_box_iou_reference(boxes1: Tensor, boxes2: Tensor) -> Tensor:
                 f"{name} contains a degenerate box: generalized IoU needs x1 >= x0 and y1 >= y0 "
                 "(xyxy boxes)"
             )
-    intersection, union = _intersection_and_union(boxes1, boxes2)
-    iou = intersection / union
-    top_left = torch.minimum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.maximum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    size = (bottom_right - top_left).clamp(min=0)
-    enclosing = size[..., 0] * size[..., 1]
-    return iou - (enclosing - union) / enclosing
+    return _generalized_iou(boxes1[:, None], boxes2[None])

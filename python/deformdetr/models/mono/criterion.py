@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from deformdetr.models.criterion import SetCriterion, per_layer_weights
 from deformdetr.models.mono.ddn_loss import DDNLoss
 from deformdetr.models.mono.matcher import MonoHungarianMatcher
-from deformdetr.ops.boxes import box_cxcylrtb_to_xyxy, box_cxcywh_to_xyxy_reference, generalized_box_iou
+from deformdetr.ops.boxes import box_cxcylrtb_to_xyxy, box_cxcywh_to_xyxy_reference, generalized_box_iou_pairs
 
 __all__ = ["MonoSetCriterion", "build_monodetr_criterion", "monodetr_weight_dict", "MONODETR_LOSSES"]
 
@@ -60,7 +60,7 @@ class MonoSetCriterion(SetCriterion):
         src, target = self._matched(outputs, "pred_boxes", targets, "boxes_3d", indices)
         target = target.to(src.dtype)
         loss_bbox = F.l1_loss(src[:, 2:6], target[:, 2:6], reduction="none").sum() / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcylrtb_to_xyxy(src), box_cxcylrtb_to_xyxy(target)))
+        giou = generalized_box_iou_pairs(box_cxcylrtb_to_xyxy(src), box_cxcylrtb_to_xyxy(target))
         return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
 
     def loss_3dcenter(self, outputs, targets, indices, num_boxes) -> dict:
