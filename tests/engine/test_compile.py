@@ -28,6 +28,13 @@ def detector_inputs():
     return images, mask
 
 
+def small_detector_inputs():
+    """64x64 images: the ResNet's last stage is 2x2, where models.conv takes the weight gradient
+    as a matmul (a custom autograd function inside the graph)."""
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    return images, torch.zeros(2, 64, 64, dtype=torch.bool)
+
+
 def mono_inputs():
     g = torch.Generator().manual_seed(1)
     calibs = torch.tensor([[700.0, 0, 160, 40], [0, 700, 48, 0], [0, 0, 1, 0.003]]).expand(2, 3, 4)
@@ -35,7 +42,9 @@ def mono_inputs():
 
 
 @pytest.mark.parametrize("make, inputs", [(lambda: detector("box_refine"), detector_inputs),
-                                          (lambda: detector("two_stage"), detector_inputs), (mono, mono_inputs)])
+                                          (lambda: detector("two_stage"), detector_inputs),
+                                          (lambda: detector("multi_scale"), small_detector_inputs),
+                                          (mono, mono_inputs)])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_the_models_compile_as_one_graph(make, inputs, mode):
     model = getattr(make(), mode)()
