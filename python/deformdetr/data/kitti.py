@@ -29,7 +29,6 @@ enough to carry an IoU across a minimum overlap or to reorder two detections.)
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import warnings
@@ -37,6 +36,8 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
+
+from deformdetr._files import write_atomic
 
 __all__ = [
     "KITTI_CLASS_NAMES",
@@ -411,17 +412,5 @@ def write_labels(path: PathLike, objects: Iterable[KittiObject], precision: int 
 
 
 def _write_atomically(path: PathLike, text: str) -> None:
-    """Writes ``text`` to a temporary file beside ``path`` and renames it over ``path``: a reader
-    never sees half a file, and a crash leaves the old file or the new one. Creates the folder."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """Writes ``text`` as ``path`` atomically (see deformdetr._files.write_atomic)."""
+    write_atomic(path, lambda handle: handle.write(text), text=True)

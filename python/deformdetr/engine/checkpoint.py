@@ -7,13 +7,13 @@ import contextlib
 import os
 import random
 import shutil
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from deformdetr._deprecated import moved_names
+from deformdetr._files import write_atomic
 
 __all__ = [
     "save_atomic",
@@ -43,52 +43,13 @@ def copy_atomic(source: str, path: str) -> None:
 
 
 def _write_atomic(path: str, write: Callable) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
     try:
-        # mkstemp makes the file private (0600); a checkpoint is as readable as any other output.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        with os.fdopen(handle, "wb") as tmp:
-            write(tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_path, path)
+        write_atomic(path, write, durable=True)
     except (OSError, RuntimeError) as error:
-        _remove_quietly(tmp_path)
         # torch reports a full disk as "unexpected pos ..."; say what the disk has left.
-        free = shutil.disk_usage(folder).free
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
         raise OSError(f"could not write checkpoint {path} ({free / 2**20:.0f} MiB free on its disk): "
                       f"{error}") from error
-    except BaseException:
-        _remove_quietly(tmp_path)
-        raise
-    _fsync_folder(folder)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _remove_quietly(path: str) -> None:
-    if os.path.exists(path):
-        os.remove(path)
-
-
-def _fsync_folder(folder: str) -> None:
-    # The rename itself is durable only once the folder entry is on disk.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict:

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from deformdetr._files import write_atomic
 from deformdetr.data.camera import ModelView, model_view
 from deformdetr.data.kitti import Calibration
 from deformdetr.data.kitti_dataset import eval_input
@@ -141,13 +142,9 @@ def _remove_other_results(results_dir: str, written: Sequence[str]) -> None:
 
 
 def _zip_atomically(path: str, folder: str, names: Sequence[str]) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+    def write(handle) -> None:
+        with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
             for name in names:
                 archive.write(os.path.join(folder, name), arcname=name)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    write_atomic(path, write)
