@@ -51,7 +51,7 @@ from deformdetr.data.kitti_transforms import (
 from deformdetr.models.mono.decode import KITTI_CLS_MEAN_SIZE, angle2class
 
 __all__ = ["KittiMono3D", "mono_collate_fn", "read_split_file", "trained_labels", "network_input", "eval_input",
-           "MERGED_INTO_CAR", "KITTI_CLASS_NAMES", "KITTI_CLS2ID", "KITTI_MEAN",
+           "MERGED_INTO_CAR", "DEPTH_SCALES", "KITTI_CLASS_NAMES", "KITTI_CLS2ID", "KITTI_MEAN",
            "KITTI_STD"]
 
 PathLike = Union[str, os.PathLike]
@@ -92,6 +92,8 @@ def eval_input(img: Image.Image, resolution) -> Tensor:
 
 #: The classes ``class_merging`` trains as Car (the official list).
 MERGED_INTO_CAR = ("Van", "Truck")
+#: How the depth targets' augmentation scale applies (``depth_scale``).
+DEPTH_SCALES = ("normal", "inverse", "none")
 
 
 def trained_labels(writelist: Sequence[str], class_merging: bool = False) -> dict[str, int]:
@@ -188,7 +190,7 @@ class KittiMono3D(Dataset):
     ):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-        if depth_scale not in ("normal", "inverse", "none"):
+        if depth_scale not in DEPTH_SCALES:
             raise ValueError(f"depth_scale must be 'normal', 'inverse' or 'none', got {depth_scale!r}")
         self.root = os.fspath(root)
         self.split = split

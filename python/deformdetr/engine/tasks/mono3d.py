@@ -20,7 +20,6 @@ HEADLINE = ("Car_3d_moderate_R40", "Car_bev_moderate_R40")
 # data.* keys passed to the data set as they are (deformdetr.data.KittiMono3D's arguments).
 DATASET_KEYS = ("writelist", "class_merging", "meanshape", "clip_2d", "aug_pd", "aug_crop", "random_flip",
                 "random_crop", "scale", "shift", "depth_scale")
-DEPTH_SCALES = ("normal", "inverse", "none")
 
 
 @register_task
@@ -45,6 +44,7 @@ class Mono3DTask(Task):
     @classmethod
     def check_config(cls, cfg: dict) -> None:
         from deformdetr.configs import ConfigError
+        from deformdetr.data.kitti_dataset import DEPTH_SCALES
 
         topk, threshold = cfg["test"]["topk"], cfg["test"]["threshold"]
         if not isinstance(topk, int) or topk < 1:
