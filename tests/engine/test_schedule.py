@@ -105,6 +105,10 @@ def test_a_run_fitted_to_its_budget_and_resumed(tmp_path, tiny_overrides, monkey
     trainer_module.train(_budget_config(tiny_overrides, split), resume=str(split / "checkpoint.pth"), progress=False)
     assert _learning_rates(split) == pytest.approx(_learning_rates(whole))
     assert read_checkpoint(str(split / "checkpoint.pth"))["epoch"] == 8
+    capsys.readouterr()
+    trainer_module.train(_budget_config(tiny_overrides, split), resume=str(split / "checkpoint.pth"), progress=False)
+    assert ("finished epoch 9 of 9; resume with train.fit_to_budget=false and a larger train.epochs"
+            in capsys.readouterr().err)
 
     # Resumed with fit_to_budget off, the config's schedule holds: epochs up to 10, the drop at 8.
     again = _budget_config(tiny_overrides, split)

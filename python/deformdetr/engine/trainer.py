@@ -344,12 +344,13 @@ class Trainer:
     def run(self) -> dict:
         started = time.time()
         last_eval: dict = {}
-        epochs = self.train_cfg["epochs"]
-        if self.start_epoch >= epochs and dist.is_main_process():
-            print(f"nothing to train: the checkpoint has finished epoch {self.start_epoch} of {epochs}; "
-                  f"raise train.epochs to continue", file=sys.stderr)
+        if self.start_epoch >= self.train_cfg["epochs"] and dist.is_main_process():
+            how = ("resume with train.fit_to_budget=false and a larger train.epochs" if self.fitted_schedule
+                   else "raise train.epochs")
+            print(f"nothing to train: the checkpoint has finished epoch {self.start_epoch} of "
+                  f"{self.train_cfg['epochs']}; {how} to continue", file=sys.stderr)
         epoch = self.start_epoch
-        while epoch < epochs:
+        while epoch < self.train_cfg["epochs"]:  # train.fit_to_budget may lower it after an epoch
             epoch_start = time.time()
             stats = self.train_epoch(epoch)
             self.scheduler.step()
@@ -357,10 +358,11 @@ class Trainer:
             out_of_time = max_minutes is not None and (time.time() - started) / 60 >= max_minutes
             if (epoch == FIT_AFTER_EPOCHS - 1 and self.start_epoch == 0 and self.train_cfg["fit_to_budget"]
                     and max_minutes is not None and not out_of_time):
-                epochs = self.fit_to_budget(time.time() - started, time.time() - epoch_start, epochs)
+                self.fit_to_budget(time.time() - started, time.time() - epoch_start)
             record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
                       "epoch_seconds": time.time() - epoch_start, **{f"train_{k}": v for k, v in stats.items()}}
-            evaluated = (epoch + 1) % self.train_cfg["eval_every"] == 0 or epoch == epochs - 1 or out_of_time
+            evaluated = ((epoch + 1) % self.train_cfg["eval_every"] == 0 or epoch == self.train_cfg["epochs"] - 1
+                         or out_of_time)
             improved = False
             if evaluated:
                 last_eval = self.evaluate_epoch(epoch)
@@ -385,13 +387,13 @@ class Trainer:
         return {"eval": last_eval, "minutes": (time.time() - started) / 60, "output_dir": self.output_dir,
                 "best": self.best.record}
 
-    def fit_to_budget(self, elapsed_seconds: float, epoch_seconds: float, epochs: int) -> int:
-        """The epochs that fit in ``train.max_minutes`` at this epoch's pace (the slowest
-        process's), with the schedule's decays moved to the same fractions of them
-        (engine/schedule.py); the saved config records them."""
+    def fit_to_budget(self, elapsed_seconds: float, epoch_seconds: float) -> None:
+        """Lowers train.epochs to those that fit in ``train.max_minutes`` at this epoch's pace (the
+        slowest process's), with the schedule's decays moved to the same fractions of them
+        (engine/schedule.py); checkpoints record the fit."""
         timings = dist.all_gather_objects((elapsed_seconds, epoch_seconds))
         elapsed, pace = max(t[0] for t in timings), max(t[1] for t in timings)
-        minutes = self.train_cfg["max_minutes"]
+        minutes, epochs = self.train_cfg["max_minutes"], self.train_cfg["epochs"]
         fitted = epochs_within_budget(minutes * 60, elapsed, pace, FIT_AFTER_EPOCHS, epochs)
         self.fitted_schedule = {"epochs": fitted, "decays": fitted_decays(self.scheduler, epochs, fitted)}
         self._apply_fitted_schedule()
@@ -400,7 +402,6 @@ class Trainer:
             when = f"at epoch {', '.join(map(str, decays))}" if decays else "after them"
             print(f"train.fit_to_budget: {pace:.0f} s an epoch, so {fitted} of {epochs} epochs fit in {minutes:g} min; "
                   f"the learning rate decays {when}", flush=True)
-        return fitted
 
     def _apply_fitted_schedule(self) -> None:
         set_decays(self.scheduler, self.fitted_schedule["decays"])
