@@ -12,6 +12,8 @@ from deformdetr.models.mono.decode import angle2class, class2angle, decode, extr
 from deformdetr.models.mono.depth_predictor import lid_bin_indices, lid_bin_values
 from deformdetr.models.mono.matcher import MonoHungarianMatcher
 from deformdetr.ops import MSDeformAttn
+from deformdetr.engine.tasks.base import to_device
+from device_comparison import assert_close_to_cpu, exact_float32
 
 # Small but complete: every module of the official model, narrower and shallower (GroupNorm needs
 # widths that are multiples of 32), on a ResNet-18.
@@ -291,3 +293,20 @@ def test_matcher_refuses_labels_that_are_not_integers():
     bad[1]["labels"] = bad[1]["labels"].float() + 0.7  # .long() would silently truncate these
     with pytest.raises(TypeError, match=r"targets\[1\]\['labels'\] must hold integer classes"):
         MonoHungarianMatcher()(outputs, bad, group_num=2)
+
+
+@pytest.mark.cuda
+def test_cuda_outputs_losses_and_gradients_equal_the_cpu():
+    cpu = perturbed(tiny_model(dropout=0.0)).train()
+    gpu = tiny_model(dropout=0.0).train()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.cuda()
+    criterion = tiny_criterion()
+    results = {}
+    with exact_float32():
+        for name, model, device in (("cpu", cpu, "cpu"), ("cuda", gpu, "cuda")):
+            out = model(*(tensor.to(device) for tensor in inputs()))
+            losses = criterion(out, to_device(targets(), device))
+            criterion.total(losses).backward()
+            results[name] = (out, losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert_close_to_cpu(results["cpu"], results["cuda"])

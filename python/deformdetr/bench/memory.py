@@ -111,7 +111,7 @@ def main(argv=None):
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         label = {"plain": "plain", "checkpoint_activations": "model.checkpoint_activations=true",
                  "accumulate": f"train.accumulate_steps={args.batch} (batch 1 a part)"}[case]
-        print(f"| {label} | {result['peak_bytes'] / 2**30:.2f} GiB | {result['seconds']:.1f} |")
+        print(f"| {label} | {result['peak_bytes'] / 2**30:.2f} GiB | {result['seconds']:.2f} |")
 
 
 if __name__ == "__main__":
