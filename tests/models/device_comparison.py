@@ -1,19 +1,6 @@
 """A model's results on CUDA held against the same model's on the CPU (the `cuda` tests)."""
 
-import contextlib
-
 import torch
-
-
-@contextlib.contextmanager
-def exact_float32():
-    """cuDNN's convolutions and cuBLAS's matmuls in full float32 (TF32 rounds to 10 bits)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _tensors(tree, prefix=""):
@@ -27,10 +14,22 @@ def _tensors(tree, prefix=""):
             yield from _tensors(value, f"{prefix}[{index}]")
 
 
-def assert_close_to_cpu(cpu, cuda, rtol=1e-3):
+def in_float64(tree):
+    """``tree`` (tensors in any nesting of dicts and lists) with its float tensors in float64."""
+    if torch.is_tensor(tree):
+        return tree.double() if tree.is_floating_point() else tree
+    if isinstance(tree, dict):
+        return {key: in_float64(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(in_float64(value) for value in tree)
+    return tree
+
+
+def assert_close_to_cpu(cpu, cuda, rtol=1e-8):
     """Every tensor of ``cuda`` (outputs, losses, gradients: any nesting of dicts and lists) equals
-    its CPU counterpart within ``rtol`` of the CPU tensor's largest magnitude; float32 sums in
-    another order (and the backward's atomic adds) differ by rounding, nothing more."""
+    its CPU counterpart within ``rtol`` of the CPU tensor's largest magnitude. The models run in
+    float64 on both devices, where TF32 cannot enter and sums in another order (the backward's
+    atomic adds) differ by rounding far below the bound."""
     expected, actual = dict(_tensors(cpu)), dict(_tensors(cuda))
     assert expected.keys() == actual.keys()
     assert expected, "nothing to compare"
@@ -40,5 +39,6 @@ def assert_close_to_cpu(cpu, cuda, rtol=1e-3):
         if not want.is_floating_point():
             assert torch.equal(got, want), name
             continue
-        bound = rtol * want.abs().max().item() + 1e-6
-        assert (got - want).abs().max().item() <= bound, name
+        bound = rtol * want.abs().max().item() + 1e-12
+        difference = (got - want).abs().max().item()
+        assert difference <= bound, f"{name}: differs by {difference:.3g} (bound {bound:.3g})"

@@ -16,7 +16,7 @@ from deformdetr.models import (
 )
 from deformdetr.models.deformable_detr import DeformableDETRConfig
 from deformdetr.engine.tasks.base import to_device
-from device_comparison import assert_close_to_cpu, exact_float32
+from device_comparison import assert_close_to_cpu, in_float64
 
 # Small but complete: every module of the official model is present, only narrower and shallower.
 SMALL = dict(hidden_dim=64, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=12)
@@ -253,13 +253,14 @@ def test_cuda_outputs_losses_and_gradients_equal_the_cpu(variant):
     cpu = perturbed(small_model(variant, dropout=0.0)).train()
     gpu = small_model(variant, dropout=0.0).train()
     gpu.load_state_dict(cpu.state_dict())
-    gpu.cuda()
+    cpu.double()
+    gpu.double().cuda()
     criterion = build_criterion(num_classes=5, dec_layers=2)
+    batch = images()  # random: drawn once for both devices
     results = {}
-    with exact_float32():
-        for name, model, device in (("cpu", cpu, "cpu"), ("cuda", gpu, "cuda")):
-            out = model([image.to(device) for image in images()])
-            losses = criterion(out, to_device(targets(), device))
-            criterion.total(losses).backward()
-            results[name] = (out, losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    for name, model, device in (("cpu", cpu, "cpu"), ("cuda", gpu, "cuda")):
+        out = model([image.to(device, torch.float64) for image in batch])
+        losses = criterion(out, to_device(in_float64(targets()), device))
+        criterion.total(losses).backward()
+        results[name] = (out, losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert_close_to_cpu(results["cpu"], results["cuda"])

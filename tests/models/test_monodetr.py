@@ -13,7 +13,7 @@ from deformdetr.models.mono.depth_predictor import lid_bin_indices, lid_bin_valu
 from deformdetr.models.mono.matcher import MonoHungarianMatcher
 from deformdetr.ops import MSDeformAttn
 from deformdetr.engine.tasks.base import to_device
-from device_comparison import assert_close_to_cpu, exact_float32
+from device_comparison import assert_close_to_cpu, in_float64
 
 # Small but complete: every module of the official model, narrower and shallower (GroupNorm needs
 # widths that are multiples of 32), on a ResNet-18.
@@ -300,13 +300,14 @@ def test_cuda_outputs_losses_and_gradients_equal_the_cpu():
     cpu = perturbed(tiny_model(dropout=0.0)).train()
     gpu = tiny_model(dropout=0.0).train()
     gpu.load_state_dict(cpu.state_dict())
-    gpu.cuda()
+    cpu.double()
+    gpu.double().cuda()
     criterion = tiny_criterion()
+    batch = inputs()  # random: drawn once for both devices
     results = {}
-    with exact_float32():
-        for name, model, device in (("cpu", cpu, "cpu"), ("cuda", gpu, "cuda")):
-            out = model(*(tensor.to(device) for tensor in inputs()))
-            losses = criterion(out, to_device(targets(), device))
-            criterion.total(losses).backward()
-            results[name] = (out, losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    for name, model, device in (("cpu", cpu, "cpu"), ("cuda", gpu, "cuda")):
+        out = model(*(in_float64(tensor).to(device) for tensor in batch))
+        losses = criterion(out, to_device(in_float64(targets()), device))
+        criterion.total(losses).backward()
+        results[name] = (out, losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert_close_to_cpu(results["cpu"], results["cuda"])
