@@ -7,8 +7,7 @@ import torch
 from attention_inputs import make_inputs, run
 from deformdetr.ops import ms_deform_attn, ms_deform_attn_reference
 
-# ---- CUDA (run on a GPU machine: pytest -m cuda) -------------------------------------------------
-# None of these has run yet: no GPU was lent to the sessions that wrote them (see bench/RESULTS.md).
+# ---- CUDA (run on a GPU machine: pytest -m cuda; bench/gpu_checks.sh, results in bench/RESULTS.md)
 
 _CUDA_TOLERANCES = [
     (torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 5e-3), (torch.bfloat16, 3e-2),
@@ -73,6 +72,73 @@ def test_cuda_borders_outside_and_non_finite_locations_match_cpu(dtype):
     # lands a hair left or right of it may differ between devices (fused multiply-adds).
     non_finite = ~torch.isfinite(locations).all(-1)
     assert torch.isfinite(grads[1]).all() and grads[1].cpu()[non_finite].abs().max() == 0
+
+
+def _forward_and_backward(value, shapes, starts, locations, weights, grad_output):
+    """The op's two passes called directly: no autograd, no copies of the inputs (whose
+    addresses the kernels' vector loads depend on)."""
+    with torch.no_grad():
+        out = ms_deform_attn(value, shapes, starts, locations, weights)
+        grads = torch.ops.deformdetr.ms_deform_attn_backward(value, shapes, starts, locations, weights,
+                                                             grad_output)
+    return out, grads
+
+
+def _shifted(t):
+    """A contiguous copy of t one element into a new buffer: not aligned to 16 bytes."""
+    buffer = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    shifted = buffer[1:].view(t.shape)
+    shifted.copy_(t)
+    return shifted
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_value_and_grad_output_off_16_bytes_give_the_results_of_aligned_ones(dtype):
+    # Aligned, a lane loads 16 bytes of channels at once; off alignment, one channel at a time.
+    value, shapes, starts, locations, weights = _to(
+        make_inputs(shapes=((13, 21), (7, 11)), channels=32, heads=4, queries=50), "cuda", dtype)
+    grad_output = torch.randn(2, 50, 4 * 32, device="cuda").to(dtype)
+    expected = _forward_and_backward(value, shapes, starts, locations, weights, grad_output)
+    value, grad_output = _shifted(value), _shifted(grad_output)
+    assert value.data_ptr() % 16 and grad_output.data_ptr() % 16
+    out, grads = _forward_and_backward(value, shapes, starts, locations, weights, grad_output)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(out, expected[0], atol=tol, rtol=tol)
+    for g, e in zip(grads, expected[1]):
+        torch.testing.assert_close(g / e.abs().max(), e / e.abs().max(), atol=tol, rtol=tol)
+
+
+@pytest.mark.cuda
+def test_cuda_value_of_2_31_elements_takes_64_bit_indices_and_matches_the_cpu():
+    # One 8192 x 8192 level of one 32-channel head: value holds 2^31 elements (8 GiB of float32;
+    # its gradient as much, on each device). The points lie in the map's last tenth, whose
+    # elements sit past 2^31 * 0.9: 32-bit offsets would wrap there.
+    side, queries = 8192, 64
+    shapes = torch.tensor([[side, side]], device="cuda")
+    starts = torch.zeros(1, dtype=torch.int64, device="cuda")
+    value = torch.randn(1, side * side, 1, 32, device="cuda")
+    locations = torch.rand(1, queries, 1, 1, 4, 2, device="cuda")
+    locations[..., 1] = 0.9 + 0.1 * locations[..., 1]
+    weights = torch.rand(1, queries, 1, 1, 4, device="cuda")
+    grad_output = torch.randn(1, queries, 32, device="cuda")
+    inputs = (value, shapes, starts, locations, weights, grad_output)
+    out, grads = _forward_and_backward(*inputs)
+    cpu_out, cpu_grads = _forward_and_backward(*(t.cpu() for t in inputs))
+    torch.testing.assert_close(out.cpu(), cpu_out, atol=1e-5, rtol=1e-5)
+    del value, inputs
+    for g, e in zip(grads, cpu_grads):
+        e = e.to(g.device)  # 8 GiB compared where it is
+        scale = e.abs().max()
+        torch.testing.assert_close(g / scale, e / scale, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_more_levels_than_the_kernels_take_is_an_error():
+    inputs = _to(make_inputs(shapes=((1, 1),) * 1025, heads=1, channels=4, queries=2, points=1),
+                 "cuda", torch.float32)
+    with pytest.raises((ValueError, RuntimeError), match="at most 1024 levels"):
+        ms_deform_attn(*inputs)
 
 
 @pytest.mark.cuda

@@ -19,10 +19,12 @@
 namespace deformdetr {
 
 // A sampling point with at least one of its four corners inside its height x width map: the
-// pixel (x0, y0) at or left/above of it, and its offset (lx, ly) in [0, 1) from there.
-template <typename A>
+// pixel (x0, y0) at or left/above of it, and its offset (lx, ly) in [0, 1) from there. I is the
+// integer type of pixel indices: 64-bit on the CPU; the CUDA kernels take 32 bits where every
+// offset fits (64-bit integer arithmetic is emulated on GPUs).
+template <typename A, typename I = int64_t>
 struct BilinearPoint {
-  int64_t x0, y0, width, height;
+  I x0, y0, width, height;
   A lx, ly;
 };
 
@@ -31,32 +33,32 @@ struct BilinearPoint {
 // is inside: the point lies a whole pixel or more outside the map, or its location is not finite
 // (NaN and the infinities fail the comparisons). Such a point contributes nothing to the output
 // or to any gradient, its own included.
-template <typename A>
-DEFORMDETR_HOST_DEVICE bool bilinear_point(A loc_x, A loc_y, int64_t height, int64_t width,
-                                           BilinearPoint<A>& p) {
+template <typename A, typename I>
+DEFORMDETR_HOST_DEVICE bool bilinear_point(A loc_x, A loc_y, I height, I width,
+                                           BilinearPoint<A, I>& p) {
   const A x = loc_x * (A)width - (A)0.5;
   const A y = loc_y * (A)height - (A)0.5;
   if (!(x > (A)-1 && y > (A)-1 && x < (A)width && y < (A)height)) return false;
   const A x0 = std::floor(x), y0 = std::floor(y);
-  p = {(int64_t)x0, (int64_t)y0, width, height, x - x0, y - y0};
+  p = {(I)x0, (I)y0, width, height, x - x0, y - y0};
   return true;
 }
 
 // Corner k of a point: 0 (x0, y0), 1 (x0 + 1, y0), 2 (x0, y0 + 1), 3 (x0 + 1, y0 + 1). Outside
 // the map it is zero padding: inside is false and its weights are 0.
-template <typename A>
+template <typename A, typename I = int64_t>
 struct BilinearCorner {
   bool inside;
-  int64_t offset;  // h * W + w in the map; only meaningful where inside
+  I offset;  // h * W + w in the map; only meaningful where inside
   A weight;
   A dweight_dx;  // d(weight)/dx, x in pixels: for the gradient of the location
   A dweight_dy;
 };
 
-template <typename A>
-DEFORMDETR_HOST_DEVICE BilinearCorner<A> bilinear_corner(const BilinearPoint<A>& p, int k) {
+template <typename A, typename I>
+DEFORMDETR_HOST_DEVICE BilinearCorner<A, I> bilinear_corner(const BilinearPoint<A, I>& p, int k) {
   const bool right = k & 1, below = k >> 1;
-  const int64_t x = p.x0 + right, y = p.y0 + below;
+  const I x = p.x0 + right, y = p.y0 + below;
   // x0 lies in [-1, W - 1] (the point is inside (-1, W)): only x0 >= 0 and x0 + 1 < W can fail.
   const bool inside = (right ? x < p.width : x >= 0) && (below ? y < p.height : y >= 0);
   const A wx = right ? p.lx : 1 - p.lx, wy = below ? p.ly : 1 - p.ly;
