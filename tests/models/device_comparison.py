@@ -25,11 +25,12 @@ def in_float64(tree):
     return tree
 
 
-def assert_close_to_cpu(cpu, cuda, rtol=1e-8):
+def assert_close_to_cpu(cpu, cuda, rtol=1e-6):
     """Every tensor of ``cuda`` (outputs, losses, gradients: any nesting of dicts and lists) equals
     its CPU counterpart within ``rtol`` of the CPU tensor's largest magnitude. The models run in
-    float64 on both devices, where TF32 cannot enter and sums in another order (the backward's
-    atomic adds) differ by rounding far below the bound."""
+    float64 on both devices, where TF32 cannot enter, but their sine position embeddings are
+    computed in float32, as official (a float32 sine differs by an ulp between devices): on the
+    H200 the largest difference was 6e-8 of the largest magnitude. A wrong kernel is off by 1e-2."""
     expected, actual = dict(_tensors(cpu)), dict(_tensors(cuda))
     assert expected.keys() == actual.keys()
     assert expected, "nothing to compare"
