@@ -265,6 +265,8 @@ def test_bench_model_times_the_model_and_accounts_for_its_parts(capsys):
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert {"backbone", "input projections", "encoder", "decoder", "heads"} <= set(rows)
     assert all("nan" not in rows[part] for part in ("backbone", "input projections", "encoder", "decoder", "heads"))
+    # Then the training step's table (same part names, later lines), with the rest of a step.
+    assert "| part (training step) |" in out and {"other", "loss", "optimizer step (fused AdamW)"} <= set(rows)
 
 
 def test_convert_to_hf_then_predict_and_eval_take_the_folder(tmp_path, capsys):

@@ -285,7 +285,7 @@ Launch launch_of(const MsDeformAttnDims& d, std::initializer_list<std::pair<cons
     throw std::invalid_argument("ms_deform_attn on CUDA takes at most 1024 levels");
   const int64_t limit = std::numeric_limits<int32_t>::max();
   const int64_t rows = d.batch * d.queries * d.heads;
-  const bool wide = d.batch * d.value_len * d.heads * d.channels > limit ||
+  const bool wide = d.batch * d.value_len * d.heads * d.channels > limit || rows > limit ||
                     rows * d.levels * d.points * 2 > limit || rows * d.channels > limit;
   bool packed = !wide && kPack<S> > 1 && d.channels % kPack<S> == 0;
   for (const auto& [pointer, size] : pointers) packed = packed && aligned(pointer, size * kPack<S>);

@@ -5,6 +5,7 @@ reaches here on large problems).
 
     deformdetr bench model [--variant multi_scale] [--size 800x1066] [--batch 1] [--repeat 3]
         [--threads N] [--compile] [--no-train] [--parts]
+    (--parts: inference's parts, then a training step's, forward and backward, unless --no-train)
     deformdetr bench model --demo [--steps 20]     # the demo's training throughput (images/s)
 """
 
@@ -179,6 +180,69 @@ def report_parts(model, images, mask, repeat: int) -> None:
     print(f"| (attention sampling, inside encoder/decoder) | {sampling / 1e9:.1f} | - | - | - |")
 
 
+def report_training_parts(model, criterion, images, mask, targets, repeat: int) -> None:
+    """The same account for a training step: each part's forward and backward FLOPs and seconds
+    (the backward's by autograd node, ``bench.backward``), the loss, the glue between the parts and
+    the optimizer's step, against the floor of the part's FLOPs at this machine's throughput."""
+    from deformdetr.bench.backward import OTHER, backward_by_part
+    from deformdetr.engine.tasks.base import adamw
+
+    model.train()
+    forward_seconds: dict[str, float] = defaultdict(float)
+    backward_seconds: dict[str, float] = defaultdict(float)
+
+    def timed_forward():
+        outputs = []
+        started = time.perf_counter()
+        for part, value in time_by_part(model, lambda: outputs.append(model(images, mask))).items():
+            forward_seconds[part] += value
+        forward_seconds[OTHER] += time.perf_counter() - started  # minus the parts, below
+        return outputs[0]
+
+    def timed_loss(outputs):
+        started = time.perf_counter()
+        loss = criterion.total(criterion(outputs, targets))
+        forward_seconds["loss"] += time.perf_counter() - started
+        return loss
+
+    forward_flops = flops_by_part(inference_step(model, images, mask, grad=True))
+    backward_flops = backward_by_part(model, PARTS, lambda: model(images, mask),
+                                      lambda out: criterion.total(criterion(out, targets)), count_flops=True)
+    model.zero_grad(set_to_none=True)
+    matmul, conv = matmul_throughput(), conv_throughput()
+    backward_by_part(model, PARTS, lambda: model(images, mask), lambda out: criterion.total(criterion(out, targets)))
+    forward_seconds.clear()
+    for _ in range(repeat):
+        model.zero_grad(set_to_none=True)
+        for part, value in backward_by_part(model, PARTS, timed_forward, timed_loss).items():
+            backward_seconds[part] += value["seconds"]
+    parts = list(dict.fromkeys(p for p, _ in PARTS))
+    forward_seconds[OTHER] -= sum(forward_seconds[p] for p in parts)
+    optimizer = adamw([{"params": [p for p in model.parameters() if p.requires_grad]}], lr=1e-5)
+    step_seconds = median_seconds(optimizer.step, repeat, warmup=1)
+    plain = median_seconds(training_step(model, criterion, optimizer, images, mask, targets), repeat, warmup=1)
+
+    print("| part (training step) | forward GFLOP | backward GFLOP | floor s | forward s | backward s "
+          "| measured / floor |")
+    print("|---|---|---|---|---|---|---|")
+    total = 0.0
+    for part in parts + [OTHER, "loss"]:
+        fwd_s, bwd_s = forward_seconds[part] / repeat, backward_seconds[part] / repeat
+        total += fwd_s + bwd_s
+        if part not in parts:
+            print(f"| {part} | - | - | - | {fwd_s:.3f} | {bwd_s:.3f} | - |")
+            continue
+        throughput = conv if part in ("backbone", "input projections") else matmul
+        fwd_f, bwd_f = forward_flops.get(part, 0.0), backward_flops.get(part, {}).get("flops", 0.0)
+        floor = (fwd_f + bwd_f) / throughput
+        print(f"| {part} | {fwd_f / 1e9:.1f} | {bwd_f / 1e9:.1f} | {floor:.3f} | {fwd_s:.3f} | {bwd_s:.3f} "
+              f"| {(fwd_s + bwd_s) / floor if floor else float('nan'):.1f}x |")
+    total += step_seconds
+    print(f"| optimizer step (fused AdamW) | - | - | - | - | - | {step_seconds:.3f} s |")
+    print(f"sum of the rows {total:.2f} s; the training step without the hooks {plain:.2f} s "
+          f"(the rest: autograd's engine and the hooks' own time)")
+
+
 def demo_throughput(steps: int, compile_model: bool) -> None:
     """Images per second of the demo's training (its preset, batch and image size), over
     ``steps`` steps after two warm-up steps."""
@@ -231,7 +295,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the model")
     parser.add_argument("--no-train", action="store_true", help="time inference only")
-    parser.add_argument("--parts", action="store_true", help="FLOPs, floor and time of each part (inference)")
+    parser.add_argument("--parts", action="store_true", help="FLOPs, floor and time of each part (inference; then a training step, unless --no-train)")
     parser.add_argument("--demo", action="store_true", help="the demo's training throughput instead")
     parser.add_argument("--steps", type=positive_int, default=10, help="--demo: steps timed")
     args = parser.parse_args(argv)
@@ -249,6 +313,8 @@ def main(argv=None):
           f"torch {torch.__version__}")
     if args.parts:
         report_parts(model.eval(), images, mask, args.repeat)
+        if not args.no_train:
+            report_training_parts(model, criterion, images, mask, random_targets(args.batch, generator), args.repeat)
         return
     runs = {"eager": model}
     if args.compile:
