@@ -13,10 +13,11 @@ void register_ms_deform_attn(nb::module_& m);
 void register_matching(nb::module_& m);
 void register_boxes(nb::module_& m);
 void register_rotated_iou(nb::module_& m);
+void register_dropout(nb::module_& m);
 }  // namespace deformdetr::bindings
 
 NB_MODULE(_C, m) {
-  m.doc() = "deformdetr native core: deformable attention, Hungarian matching, box geometry";
+  m.doc() = "deformdetr native core: deformable attention, Hungarian matching, box geometry, dropout";
 #ifdef DEFORMDETR_WITH_CUDA
   m.attr("cuda_compiled") = true;
   m.attr("cuda_runtime_version") = deformdetr::cuda_runtime_version();
@@ -35,4 +36,5 @@ NB_MODULE(_C, m) {
   deformdetr::bindings::register_matching(m);
   deformdetr::bindings::register_boxes(m);
   deformdetr::bindings::register_rotated_iou(m);
+  deformdetr::bindings::register_dropout(m);
 }

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from deformdetr.ops import MSDeformAttn, reference_in_use, spatial_shapes_tensor
+from deformdetr.ops import Dropout, MSDeformAttn, reference_in_use, spatial_shapes_tensor
 
 __all__ = [
     "DeformableTransformer",
@@ -80,9 +80,9 @@ class _FeedForward(nn.Module):
         official order (module construction draws the random initial values in this order)."""
         self.linear1 = nn.Linear(d_model, d_ffn)
         self.activation = _activation(activation)
-        setattr(self, f"dropout{index}", nn.Dropout(dropout))
+        setattr(self, f"dropout{index}", Dropout(dropout))
         self.linear2 = nn.Linear(d_ffn, d_model)
-        setattr(self, f"dropout{index + 1}", nn.Dropout(dropout))
+        setattr(self, f"dropout{index + 1}", Dropout(dropout))
         setattr(self, f"norm{index}", nn.LayerNorm(d_model))
         self._ffn_index = index
 
@@ -117,7 +117,7 @@ class DeformableTransformerEncoderLayer(_FeedForward):
                  n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self._init_ffn(d_model, d_ffn, dropout, activation, index=2)
 
@@ -166,10 +166,10 @@ class DeformableTransformerDecoderLayer(_FeedForward):
                  n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
         super().__init__()
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self._init_ffn(d_model, d_ffn, dropout, activation, index=3)
 

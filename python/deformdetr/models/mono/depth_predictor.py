@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deformdetr.ops import Dropout
+
 __all__ = ["DepthPredictor", "TransformerEncoder", "TransformerEncoderLayer", "lid_bin_values", "lid_bin_indices"]
 
 
@@ -43,12 +45,12 @@ class TransformerEncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def forward(self, src: Tensor, src_key_padding_mask: Optional[Tensor], pos: Optional[Tensor]) -> Tensor:
         q = k = src if pos is None else src + pos

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from deformdetr.models.detector import MLP
+from deformdetr.ops import Dropout
 from deformdetr.models.deformable_transformer import (
     DeformableTransformer,
     DeformableTransformerDecoder,
@@ -33,7 +34,7 @@ class DepthAwareDecoderLayer(DeformableTransformerDecoderLayer):
         super().__init__(*args, **kwargs)
         d_model, n_heads, dropout = self.self_attn.embed_dim, self.self_attn.num_heads, self.self_attn.dropout
         self.cross_attn_depth = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
-        self.dropout_depth = nn.Dropout(dropout)
+        self.dropout_depth = Dropout(dropout)
         self.norm_depth = nn.LayerNorm(d_model)
         self.group_num = group_num
         self.sa_qcontent_proj = nn.Linear(d_model, d_model)

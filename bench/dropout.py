@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""The native CPU dropout (deformdetr.ops.dropout) against torch's: the op alone at the encoder's
+largest dropout (22223 tokens x 1024 FFN channels at 800x1066), and a multi_scale training step
+with the models' Dropout modules as they are and switched back to nn.Dropout, interleaved.
+
+    python bench/dropout.py [--size 800x1066] [--rounds 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deformdetr.bench import image_size, median_seconds
+from deformdetr.bench.model import build, random_targets, training_step
+from deformdetr.ops import Dropout, dropout
+
+
+def op_alone(repeat: int) -> None:
+    x = torch.randn(22223 * 1024)
+    leaf = x.clone().requires_grad_()
+    for name, fn in (("torch F.dropout", F.dropout), ("deformdetr dropout", dropout)):
+        forward = median_seconds(lambda: fn(x, 0.1, True), repeat)
+        both = median_seconds(lambda: fn(leaf, 0.1, True).sum().backward(), repeat)
+        print(f"{name:<20} forward {forward * 1e3:7.1f} ms   forward + backward {both * 1e3:7.1f} ms")
+
+
+def training_steps(size: tuple, rounds: int) -> None:
+    height, width = size
+    model, criterion = build("multi_scale")
+    model.train()
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(1, 3, height, width, generator=generator)
+    mask = torch.zeros(1, height, width, dtype=torch.bool)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
+    step = training_step(model, criterion, optimizer, images, mask, random_targets(1, generator))
+    modules = [m for m in model.modules() if isinstance(m, Dropout)]
+    seconds: dict[str, list] = {"nn.Dropout": [], "deformdetr Dropout": []}
+    step()
+    for _ in range(rounds):
+        for name, cls in (("nn.Dropout", nn.Dropout), ("deformdetr Dropout", Dropout)):
+            for module in modules:
+                module.__class__ = cls
+            started = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - started)
+    print(f"training step, multi_scale, {height}x{width}, {len(modules)} dropout modules, {rounds} interleaved rounds:")
+    for name, values in seconds.items():
+        print(f"  {name:<20} median {statistics.median(values):.2f} s  ({', '.join(f'{v:.2f}' for v in values)})")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=image_size, default=(800, 1066), help="HEIGHTxWIDTH")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    op_alone(5)
+    training_steps(args.size, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
