@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 
+from deformdetr._malloc import keep_large_allocations
 from deformdetr.bench import positive_int
 
 
@@ -344,6 +345,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv=None) -> int:
     argv = _with_default_bench(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    keep_large_allocations()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
