@@ -13,23 +13,41 @@ namespace {
 constexpr const char* kCpuOnly =
     "the dropout kernel runs on the CPU (deformdetr.ops.dropout sends other tensors to torch's)";
 
+template <typename Array>
+ArgInfo cpu_array(const char* name, const Array& array) {
+  ArgInfo a = ArgInfo::of(name, array);
+  check_cpu(a, kCpuOnly);
+  check_contiguous(a);
+  return a;
+}
+
+ArgInfo floats(const char* name, const ConstArray& array) {
+  ArgInfo a = cpu_array(name, array);
+  check_dtype(a, CpuFloats());
+  return a;
+}
+
+template <typename Array>
+ArgInfo mask_like(const char* name, const Array& array, const ArgInfo& like) {
+  ArgInfo a = cpu_array(name, array);
+  check_dtype(a, {DType::boolean});
+  check_shape(a, like.shape);
+  return a;
+}
+
+ArgInfo result_like(const char* name, const nb::ndarray<>& array, const ArgInfo& like) {
+  ArgInfo a = cpu_array(name, array);
+  check_same_dtype(a, like);
+  check_shape(a, like.shape);
+  return a;
+}
+
 void dropout(const ConstArray& input, double p, uint64_t seed, nb::ndarray<> output,
              nb::ndarray<> keep_mask, int num_threads) {
   if (!(p >= 0 && p <= 1)) fail_value("p must be in [0, 1], got " + std::to_string(p));
-  const ArgInfo in = ArgInfo::of("input", input);
-  check_cpu(in, kCpuOnly);
-  check_dtype(in, CpuFloats());
-  check_contiguous(in);
-  const ArgInfo out = ArgInfo::of("output", output);
-  check_cpu(out, kCpuOnly);
-  check_same_dtype(out, in);
-  check_shape(out, in.shape);
-  check_contiguous(out);
-  const ArgInfo mask = ArgInfo::of("keep_mask", keep_mask);
-  check_cpu(mask, kCpuOnly);
-  check_dtype(mask, {DType::boolean});
-  check_shape(mask, in.shape);
-  check_contiguous(mask);
+  const ArgInfo in = floats("input", input);
+  result_like("output", output, in);
+  mask_like("keep_mask", keep_mask, in);
   nb::gil_scoped_release release;
   dispatch(in.dtype, CpuFloats(), [&](auto type) {
     using T = typename decltype(type)::type;
@@ -40,20 +58,9 @@ void dropout(const ConstArray& input, double p, uint64_t seed, nb::ndarray<> out
 
 void dropout_backward(const ConstArray& grad_output, const ConstArray& keep_mask, double scale,
                       nb::ndarray<> grad_input, int num_threads) {
-  const ArgInfo grad = ArgInfo::of("grad_output", grad_output);
-  check_cpu(grad, kCpuOnly);
-  check_dtype(grad, CpuFloats());
-  check_contiguous(grad);
-  const ArgInfo mask = ArgInfo::of("keep_mask", keep_mask);
-  check_cpu(mask, kCpuOnly);
-  check_dtype(mask, {DType::boolean});
-  check_shape(mask, grad.shape);
-  check_contiguous(mask);
-  const ArgInfo out = ArgInfo::of("grad_input", grad_input);
-  check_cpu(out, kCpuOnly);
-  check_same_dtype(out, grad);
-  check_shape(out, grad.shape);
-  check_contiguous(out);
+  const ArgInfo grad = floats("grad_output", grad_output);
+  const ArgInfo mask = mask_like("keep_mask", keep_mask, grad);
+  result_like("grad_input", grad_input, grad);
   nb::gil_scoped_release release;
   dispatch(grad.dtype, CpuFloats(), [&](auto type) {
     using T = typename decltype(type)::type;

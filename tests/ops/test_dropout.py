@@ -97,3 +97,18 @@ def test_second_derivatives_flow_through_the_backward():
     (grad,) = torch.autograd.grad((out * out).sum(), x, create_graph=True)  # 2 x mask^2 / (1-p)^2
     (second,) = torch.autograd.grad(grad.sum(), x)
     torch.testing.assert_close(second, 2 * keep_mask.double() / 0.25)
+
+
+def test_the_binding_names_what_is_wrong():
+    from deformdetr import _C
+
+    x = torch.randn(10)
+    keep = torch.empty(10, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"output must have shape \(10,\)"):
+        _C.dropout(x, 0.5, 1, torch.empty(9), keep)
+    with pytest.raises(TypeError, match="keep_mask must be bool"):
+        _C.dropout(x, 0.5, 1, torch.empty(10), torch.empty(10))
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
+        _C.dropout(x, 1.5, 1, torch.empty(10), keep)
+    with pytest.raises(TypeError, match="grad_input must have the dtype of grad_output"):
+        _C.dropout_backward(x, keep, 2.0, torch.empty(10, dtype=torch.float64))
