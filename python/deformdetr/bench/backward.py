@@ -22,6 +22,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from deformdetr.bench.model import part_modules
+
 #: Nodes created outside every part, in the model's own forward (masks, position embeddings).
 OTHER = "other"
 
@@ -33,13 +35,9 @@ class PartTracker:
     def __init__(self, model: nn.Module, parts: Iterable[tuple[str, str]]):
         self._stack: list[str] = []
         self._handles = []
-        for part, prefix in parts:
-            module = model.get_submodule(prefix)
-            # A ModuleList is never called: its members are. Each member once (shared heads).
-            members = {id(m): m for m in (module if isinstance(module, nn.ModuleList) else [module])}
-            for member in members.values():
-                self._handles += [member.register_forward_pre_hook(self._enter(part)),
-                                  member.register_forward_hook(self._leave)]
+        for part, member in part_modules(model, parts):
+            self._handles += [member.register_forward_pre_hook(self._enter(part)),
+                              member.register_forward_hook(self._leave)]
 
     def _enter(self, part: str):
         def hook(_module, _inputs):

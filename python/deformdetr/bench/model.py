@@ -128,24 +128,32 @@ def attention_flops(model, run: Callable) -> float:
     return float(seen["batch"] * per_point * (encoder + decoder))
 
 
+def part_modules(model, parts) -> list[tuple[str, nn.Module]]:
+    """(part, module) for each module whose forward is a part's: a ModuleList is never called,
+    so its members are taken, each once (without box refinement the heads are one module
+    repeated)."""
+    pairs = []
+    for part, prefix in parts:
+        module = model.get_submodule(prefix)
+        members = {id(m): m for m in (module if isinstance(module, nn.ModuleList) else [module])}
+        pairs += [(part, member) for member in members.values()]
+    return pairs
+
+
 def time_by_part(model, run: Callable) -> dict[str, float]:
     """Seconds spent in each part's forward during ``run`` (module hooks; on the CPU the work is
     synchronous, so wall time per call is the part's own)."""
     spent: dict[str, float] = defaultdict(float)
     started: dict[str, float] = {}
     handles = []
-    for part, prefix in PARTS:
-        module = model.get_submodule(prefix)
-        # A ModuleList is never called: its members are.
-        members = {id(m): m for m in (module if isinstance(module, nn.ModuleList) else [module])}.values()
-        for member in members:  # each once: without box refinement the heads are one module repeated
-            def before(_module, _inputs, part=part):
-                started[part] = time.perf_counter()
+    for part, member in part_modules(model, PARTS):
+        def before(_module, _inputs, part=part):
+            started[part] = time.perf_counter()
 
-            def after(_module, _inputs, _output, part=part):
-                spent[part] += time.perf_counter() - started.pop(part)
+        def after(_module, _inputs, _output, part=part):
+            spent[part] += time.perf_counter() - started.pop(part)
 
-            handles += [member.register_forward_pre_hook(before), member.register_forward_hook(after)]
+        handles += [member.register_forward_pre_hook(before), member.register_forward_hook(after)]
     try:
         run()
     finally:
@@ -191,27 +199,31 @@ def report_training_parts(model, criterion, images, mask, targets, repeat: int) 
     forward_seconds: dict[str, float] = defaultdict(float)
     backward_seconds: dict[str, float] = defaultdict(float)
 
+    def forward():
+        return model(images, mask)
+
+    def loss_of(outputs):
+        return criterion.total(criterion(outputs, targets))
+
     def timed_forward():
         outputs = []
         started = time.perf_counter()
-        for part, value in time_by_part(model, lambda: outputs.append(model(images, mask))).items():
+        for part, value in time_by_part(model, lambda: outputs.append(forward())).items():
             forward_seconds[part] += value
         forward_seconds[OTHER] += time.perf_counter() - started  # minus the parts, below
         return outputs[0]
 
     def timed_loss(outputs):
         started = time.perf_counter()
-        loss = criterion.total(criterion(outputs, targets))
+        loss = loss_of(outputs)
         forward_seconds["loss"] += time.perf_counter() - started
         return loss
 
     forward_flops = flops_by_part(inference_step(model, images, mask, grad=True))
-    backward_flops = backward_by_part(model, PARTS, lambda: model(images, mask),
-                                      lambda out: criterion.total(criterion(out, targets)), count_flops=True)
+    backward_flops = backward_by_part(model, PARTS, forward, loss_of, count_flops=True)
     model.zero_grad(set_to_none=True)
     matmul, conv = matmul_throughput(), conv_throughput()
-    backward_by_part(model, PARTS, lambda: model(images, mask), lambda out: criterion.total(criterion(out, targets)))
-    forward_seconds.clear()
+    backward_by_part(model, PARTS, forward, loss_of)  # warm-up
     for _ in range(repeat):
         model.zero_grad(set_to_none=True)
         for part, value in backward_by_part(model, PARTS, timed_forward, timed_loss).items():
