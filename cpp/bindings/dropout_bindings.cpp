@@ -1,5 +1,4 @@
 // Bindings of the CPU dropout kernel: validation, GIL release, dispatch by dtype.
-#include <cmath>
 #include <string>
 
 #include "deformdetr/dropout.h"

@@ -19,6 +19,7 @@
 #include <initializer_list>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -282,7 +283,8 @@ struct Launch {
 template <typename S>
 Launch launch_of(const MsDeformAttnDims& d, std::initializer_list<std::pair<const void*, size_t>> pointers) {
   if (d.levels > kMaxLevels)
-    throw std::invalid_argument("ms_deform_attn on CUDA takes at most 1024 levels");
+    throw std::invalid_argument("ms_deform_attn on CUDA takes at most " + std::to_string(kMaxLevels) +
+                                " levels");
   const int64_t limit = std::numeric_limits<int32_t>::max();
   const int64_t rows = d.batch * d.queries * d.heads;
   const bool wide = d.batch * d.value_len * d.heads * d.channels > limit || rows > limit ||

@@ -50,11 +50,16 @@ def _(grad_output, keep_mask, scale):
     return torch.empty_like(grad_output)
 
 
+def _kept_scale(p: float) -> float:
+    """What a kept element is multiplied by: 1 / (1 - p), and 0 when everything is dropped."""
+    return 0.0 if p >= 1 else 1.0 / (1.0 - p)
+
+
 def _setup_context(ctx, inputs, output):
     _, p, _ = inputs
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
-    ctx.scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+    ctx.scale = _kept_scale(p)
 
 
 def _backward(ctx, grad_output, _grad_mask):
@@ -103,8 +108,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 def dropout_reference(input: Tensor, p: float, keep_mask: Tensor) -> Tensor:
     """What dropout computes for a given mask: ``input * keep_mask / (1 - p)`` (zero for p = 1)."""
-    scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
-    return input * keep_mask * scale
+    return input * keep_mask * _kept_scale(p)
 
 
 class Dropout(nn.Dropout):

@@ -12,13 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from deformdetr.models.detector import MLP
-from deformdetr.ops import Dropout
 from deformdetr.models.deformable_transformer import (
     DeformableTransformer,
     DeformableTransformerDecoder,
     DeformableTransformerDecoderLayer,
     _with_pos,
 )
+from deformdetr.ops import Dropout
 
 __all__ = ["DepthAwareTransformer", "DepthAwareDecoder", "DepthAwareDecoderLayer"]
 
