@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The native CPU dropout (deformdetr.ops.dropout) against torch's: the op alone at the encoder's
-largest dropout (22223 tokens x 1024 FFN channels at 800x1066), and a multi_scale training step
-with the models' Dropout modules as they are and switched back to nn.Dropout, interleaved.
+largest dropout (22223 tokens x 1024 FFN channels at 800x1066), also after the FFN's ReLU and fused
+with it (relu_dropout), and a multi_scale training step with the models' Dropout modules as they
+are and switched back to nn.Dropout (which also takes the ReLU apart again), interleaved.
 
     python bench/dropout.py [--size 800x1066] [--rounds 3] [--threads 2]
 """
@@ -16,18 +17,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deformdetr.bench import image_size, median_seconds
+from deformdetr._malloc import keep_large_allocations
+from deformdetr.bench import image_size, median_seconds, positive_int
 from deformdetr.bench.model import build, random_targets, training_step
-from deformdetr.ops import Dropout, dropout
+from deformdetr.ops import Dropout, dropout, relu_dropout
 
 
 def op_alone(repeat: int) -> None:
     x = torch.randn(22223 * 1024)
     leaf = x.clone().requires_grad_()
-    for name, fn in (("torch F.dropout", F.dropout), ("deformdetr dropout", dropout)):
+    ops = (("torch F.dropout", F.dropout), ("deformdetr dropout", dropout),
+           ("torch relu, F.dropout", lambda t, p, training: F.dropout(F.relu(t), p, training)),
+           ("deformdetr relu, dropout", lambda t, p, training: dropout(F.relu(t), p, training)),
+           ("deformdetr relu_dropout", relu_dropout))
+    for name, fn in ops:
         forward = median_seconds(lambda: fn(x, 0.1, True), repeat)
         both = median_seconds(lambda: fn(leaf, 0.1, True).sum().backward(), repeat)
-        print(f"{name:<20} forward {forward * 1e3:7.1f} ms   forward + backward {both * 1e3:7.1f} ms")
+        print(f"{name:<26} forward {forward * 1e3:7.1f} ms   forward + backward {both * 1e3:7.1f} ms")
 
 
 def training_steps(size: tuple, rounds: int) -> None:
@@ -57,10 +63,11 @@ def training_steps(size: tuple, rounds: int) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=image_size, default=(800, 1066), help="HEIGHTxWIDTH")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_large_allocations()  # as the CLI does, so that what is timed is the kernels, not page faults
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     op_alone(5)
     training_steps(args.size, args.rounds)

@@ -41,6 +41,7 @@ ArgInfo result_like(const char* name, const nb::ndarray<>& array, const ArgInfo&
   return a;
 }
 
+template <bool relu>
 void dropout(const ConstArray& input, double p, uint64_t seed, nb::ndarray<> output,
              nb::ndarray<> keep_mask, int num_threads) {
   if (!(p >= 0 && p <= 1)) fail_value("p must be in [0, 1], got " + std::to_string(p));
@@ -50,8 +51,9 @@ void dropout(const ConstArray& input, double p, uint64_t seed, nb::ndarray<> out
   nb::gil_scoped_release release;
   dispatch(in.dtype, CpuFloats(), [&](auto type) {
     using T = typename decltype(type)::type;
-    dropout_cpu<T>(static_cast<const T*>(in.data), in.numel(), p, seed,
-                   static_cast<T*>(output.data()), static_cast<bool*>(keep_mask.data()), num_threads);
+    const auto kernel = relu ? relu_dropout_cpu<T> : dropout_cpu<T>;
+    kernel(static_cast<const T*>(in.data), in.numel(), p, seed, static_cast<T*>(output.data()),
+           static_cast<bool*>(keep_mask.data()), num_threads);
   });
 }
 
@@ -71,11 +73,15 @@ void dropout_backward(const ConstArray& grad_output, const ConstArray& keep_mask
 }  // namespace
 
 void register_dropout(nb::module_& m) {
-  m.def("dropout", &dropout, nb::arg("input"), nb::arg("p"), nb::arg("seed"), nb::arg("output"),
+  m.def("dropout", &dropout<false>, nb::arg("input"), nb::arg("p"), nb::arg("seed"), nb::arg("output"),
         nb::arg("keep_mask"), nb::arg("num_threads") = 0,
         "Writes input's dropout (each element dropped with probability p, the rest scaled by "
         "1 / (1 - p); the random stream a function of seed and the element's index) into output "
         "and which elements were kept into keep_mask (bool).");
+  m.def("relu_dropout", &dropout<true>, nb::arg("input"), nb::arg("p"), nb::arg("seed"), nb::arg("output"),
+        nb::arg("keep_mask"), nb::arg("num_threads") = 0,
+        "dropout of relu(input) in one pass, the same draws as dropout for the same seed; keep_mask "
+        "is kept and input > 0, so that dropout_backward with it is the gradient of both.");
   m.def("dropout_backward", &dropout_backward, nb::arg("grad_output"), nb::arg("keep_mask"),
         nb::arg("scale"), nb::arg("grad_input"), nb::arg("num_threads") = 0,
         "Writes grad_output * (keep_mask ? scale : 0) into grad_input.");

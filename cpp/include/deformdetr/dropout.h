@@ -15,6 +15,13 @@ template <typename T>
 void dropout_cpu(const T* input, int64_t n, double p, uint64_t seed, T* output, bool* keep_mask,
                  int num_threads);
 
+// ReLU then dropout in one pass: output[i] = max(input[i], 0) * (keep ? 1 / (1 - p) : 0) with the
+// same draws as dropout_cpu for the same seed, and keep_mask[i] = keep && input[i] > 0, so that
+// dropout_backward_cpu with that mask is the gradient of both (a NaN input stays NaN, as in torch).
+template <typename T>
+void relu_dropout_cpu(const T* input, int64_t n, double p, uint64_t seed, T* output, bool* keep_mask,
+                      int num_threads);
+
 // The backward: grad_input[i] = grad_output[i] * (keep_mask[i] ? scale : 0), in one pass (torch's
 // native_dropout_backward takes three times as long on the CPU).
 template <typename T>

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from deformdetr.ops import Dropout, MSDeformAttn, reference_in_use, spatial_shapes_tensor
+from deformdetr.ops import Dropout, MSDeformAttn, dropout_after_relu, reference_in_use, spatial_shapes_tensor
 
 __all__ = [
     "DeformableTransformer",
@@ -89,7 +89,11 @@ class _FeedForward(nn.Module):
     def _ffn(self, x: Tensor) -> Tensor:
         i = self._ffn_index
         dropout_in, dropout_out, norm = (getattr(self, name) for name in (f"dropout{i}", f"dropout{i + 1}", f"norm{i}"))
-        return norm(x + dropout_out(self.linear2(dropout_in(self.activation(self.linear1(x))))))
+        hidden = self.linear1(x)
+        # ReLU and dropout in one pass where the native dropout runs (the same values).
+        hidden = (dropout_after_relu(dropout_in, hidden) if self.activation is F.relu
+                  else dropout_in(self.activation(hidden)))
+        return norm(x + dropout_out(self.linear2(hidden)))
 
 
 @dataclass(frozen=True)

@@ -18,23 +18,37 @@ from torch import Tensor, nn
 
 from deformdetr._native import _C, dense, num_threads
 
-__all__ = ["dropout", "dropout_reference", "Dropout"]
+__all__ = ["dropout", "relu_dropout", "dropout_reference", "Dropout", "dropout_after_relu"]
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
-@torch.library.custom_op("deformdetr::dropout", mutates_args=())
-def _dropout_op(input: Tensor, p: float, seed: int) -> tuple[Tensor, Tensor]:
+def _run_kernel(kernel, input: Tensor, p: float, seed: int) -> tuple[Tensor, Tensor]:
     input = dense(input)
     output = torch.empty_like(input)
     keep_mask = torch.empty(input.shape, dtype=torch.bool)
-    _C.dropout(input, p, seed, output, keep_mask, num_threads())
+    kernel(input, p, seed, output, keep_mask, num_threads())
     return output, keep_mask
 
 
-@_dropout_op.register_fake
-def _(input, p, seed):
+@torch.library.custom_op("deformdetr::dropout", mutates_args=())
+def _dropout_op(input: Tensor, p: float, seed: int) -> tuple[Tensor, Tensor]:
+    return _run_kernel(_C.dropout, input, p, seed)
+
+
+@torch.library.custom_op("deformdetr::relu_dropout", mutates_args=())
+def _relu_dropout_op(input: Tensor, p: float, seed: int) -> tuple[Tensor, Tensor]:
+    """ReLU then dropout in one pass (the draws of ``deformdetr::dropout`` for the same seed); its
+    mask is kept-and-positive, so the backward is dropout's with that mask."""
+    return _run_kernel(_C.relu_dropout, input, p, seed)
+
+
+def _dropout_fake(input, p, seed):
     return torch.empty_like(input), torch.empty(input.shape, dtype=torch.bool, device=input.device)
+
+
+_dropout_op.register_fake(_dropout_fake)
+_relu_dropout_op.register_fake(_dropout_fake)
 
 
 @torch.library.custom_op("deformdetr::dropout_backward", mutates_args=())
@@ -86,6 +100,7 @@ def _backward_of_backward(ctx, grad):
 
 
 _dropout_op.register_autograd(_backward, setup_context=_setup_context)
+_relu_dropout_op.register_autograd(_backward, setup_context=_setup_context)
 _dropout_backward_op.register_autograd(_backward_of_backward, setup_context=_setup_backward_context)
 
 
@@ -102,8 +117,23 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0 or not _runs_native(input):
         return F.dropout(input, p, training)
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    return _dropout_op(input, p, seed)[0]
+    return _dropout_op(input, p, _draw_seed())[0]
+
+
+def _draw_seed() -> int:
+    """The kernel's seed, from torch's default generator (so torch.manual_seed reproduces it)."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def relu_dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """``dropout(relu(input), p, training)``, in one pass where the native kernel runs (the same
+    values and, for the same seed, the same mask), saving the ReLU's own pass, its backward and
+    the activation it keeps for that backward."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0 or not _runs_native(input):
+        return F.dropout(F.relu(input), p, training)
+    return _relu_dropout_op(input, p, _draw_seed())[0]
 
 
 def dropout_reference(input: Tensor, p: float, keep_mask: Tensor) -> Tensor:
@@ -118,3 +148,12 @@ class Dropout(nn.Dropout):
         if self.inplace:
             return super().forward(input)
         return dropout(input, self.p, self.training)
+
+
+def dropout_after_relu(module: nn.Module, input: Tensor) -> Tensor:
+    """``module(relu(input))`` for a dropout module; in one pass (:func:`relu_dropout`) when it is
+    this file's Dropout, as the models build them (any other module, e.g. an ``nn.Dropout`` put
+    in its place, runs as it is)."""
+    if type(module) is Dropout and not module.inplace:
+        return relu_dropout(input, module.p, module.training)
+    return module(F.relu(input))

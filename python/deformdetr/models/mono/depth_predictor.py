@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deformdetr.ops import Dropout
+from deformdetr.ops import Dropout, dropout_after_relu
 
 __all__ = ["DepthPredictor", "TransformerEncoder", "TransformerEncoderLayer", "lid_bin_values", "lid_bin_indices"]
 
@@ -56,7 +56,7 @@ class TransformerEncoderLayer(nn.Module):
         q = k = src if pos is None else src + pos
         attended = self.self_attn(q, k, value=src, key_padding_mask=src_key_padding_mask)[0]
         src = self.norm1(src + self.dropout1(attended))
-        hidden = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        hidden = self.linear2(dropout_after_relu(self.dropout, self.linear1(src)))
         return self.norm2(src + self.dropout2(hidden))
 
 
