@@ -6,7 +6,9 @@ through its pure-PyTorch path, as it must without its CUDA extension), saves it 
 checkpoint, loads that into deformdetr with ``load_checkpoint`` and times both models on the same
 batch: inference (eval mode, no grad) and a training step (forward + backward of the summed
 outputs), with dropout off and with the official dropout (0.1; deformdetr's CPU dropout is its
-own kernel). The outputs are compared first, so both sides compute the same thing.
+own kernel). The outputs are compared first, so both sides compute the same thing. With
+``--compile``, deformdetr's model also runs through ``torch.compile`` (a third column; the time to
+compile, the first calls, is printed apart and left out of the medians).
 
 Needs the official checkout and torchvision, as bench/official_parity.py does (see its docstring):
 
@@ -16,6 +18,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -45,6 +48,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--no-train", action="store_true", help="time inference only")
+    ap.add_argument("--compile", action="store_true", help="also time deformdetr's model under torch.compile")
     opt = ap.parse_args()
     official_dir = os.path.abspath(opt.official) if opt.official else ""
     if not os.path.isfile(os.path.join(official_dir, "models", "deformable_detr.py")):
@@ -79,9 +83,20 @@ def main():
     print(f"{opt.variant}, batch {opt.batch} of {height}x{width}, {opt.threads} threads, "
           f"torch {torch.__version__}; max |official - ours| of the outputs: {diff:.2e}")
 
+    runs = [run_official, run_ours]
+    if opt.compile:
+        compiled = torch.compile(ours)
+        runs.append(lambda: compiled(images, mask))
+        with torch.no_grad():
+            started = time.perf_counter()
+            out_c = runs[-1]()
+        diff = max((out_c[k] - out_u[k]).abs().max().item() for k in ("pred_logits", "pred_boxes"))
+        print(f"compiled inference: first call {time.perf_counter() - started:.0f} s; "
+              f"max |compiled - eager| of the outputs: {diff:.2e}")
+
     rows = []
     with torch.no_grad():
-        rows.append(("inference", median_seconds(run_official, opt.repeat), median_seconds(run_ours, opt.repeat)))
+        rows.append(("inference", *(median_seconds(run, opt.repeat) for run in runs)))
     if not opt.no_train:
         # Train mode, first with dropout off on both sides (the same work, without random
         # masks), then with the official dropout (0.1), as a model is trained.
@@ -93,13 +108,21 @@ def main():
                 module.p = p
             official.train()
             ours.train()
-            rows.append((name, median_seconds(training_step(official, run_official), opt.repeat),
-                         median_seconds(training_step(ours, run_ours), opt.repeat)))
+            steps = [training_step(model, run) for model, run in zip((official, ours, ours), runs)]
+            if opt.compile:
+                started = time.perf_counter()
+                steps[-1]()  # compiles the training graphs (once per dropout setting)
+                print(f"compiled {name}: first step {time.perf_counter() - started:.0f} s")
+            rows.append((name, *(median_seconds(step, opt.repeat) for step in steps)))
 
-    print(f"| {'':24s} | official s | deformdetr s | speed-up |")
-    print("|---|---|---|---|")
-    for name, t_official, t_ours in rows:
-        print(f"| {name:24s} | {t_official:10.2f} | {t_ours:12.2f} | {t_official / t_ours:7.1f}x |")
+    compiled_columns = " deformdetr compiled s | speed-up |" if opt.compile else ""
+    print(f"| {'':24s} | official s | deformdetr s | speed-up |{compiled_columns}")
+    print("|---|---|---|---|" + "---|---|" * opt.compile)
+    for name, t_official, t_ours, *t_compiled in rows:
+        line = f"| {name:24s} | {t_official:10.2f} | {t_ours:12.2f} | {t_official / t_ours:7.1f}x |"
+        for t in t_compiled:
+            line += f" {t:21.2f} | {t_official / t:7.1f}x |"
+        print(line)
 
 
 if __name__ == "__main__":

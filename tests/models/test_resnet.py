@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from deformdetr.models.backbone import Backbone, load_backbone_weights
-from deformdetr.models.resnet import FrozenBatchNorm2d, resnet18, resnet50
+from deformdetr.models.conv import Conv2d
+from deformdetr.models.resnet import FrozenBatchNorm2d, conv_norm, resnet18, resnet50
 
 
 def test_frozen_batch_norm_equals_batch_norm_in_eval_mode():
@@ -20,6 +21,58 @@ def test_frozen_batch_norm_equals_batch_norm_in_eval_mode():
     x = torch.randn(2, 6, 5, 5)
     torch.testing.assert_close(frozen(x), bn(x))
     assert list(frozen.parameters()) == []
+
+
+def _random_frozen_norm(channels: int) -> FrozenBatchNorm2d:
+    norm = FrozenBatchNorm2d(channels)
+    for buffer in (norm.weight, norm.running_var):
+        buffer.uniform_(0.5, 2)
+    for buffer in (norm.bias, norm.running_mean):
+        buffer.normal_()
+    return norm
+
+
+@pytest.mark.parametrize("size", [12, 3])  # the second: the matmul weight gradient's path (conv.py)
+def test_a_frozen_norm_folded_into_the_convolution_gives_its_values_and_gradients(size):
+    torch.manual_seed(0)
+    conv, norm = Conv2d(8, 16, 3, padding=1, bias=False).double(), _random_frozen_norm(16).double()
+    x = torch.randn(4, 8, size, size, dtype=torch.float64, requires_grad=True)
+    folded = conv_norm(conv, norm, x)
+    separate = norm(conv(x))
+    torch.testing.assert_close(folded, separate, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(folded)
+    folded_grads = torch.autograd.grad(folded, (x, conv.weight), grad)
+    separate_grads = torch.autograd.grad(separate, (x, conv.weight), grad)
+    for a, b in zip(folded_grads, separate_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_folded_norm_makes_no_pass_over_the_output():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpsOnOutputs(TorchDispatchMode):
+        def __init__(self, numel):
+            super().__init__()
+            self.numel, self.ops = numel, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+                self.ops.append(func.overloadpacket.__name__)
+            return out
+
+    conv, norm = Conv2d(8, 16, 3, padding=1, bias=False).eval(), _random_frozen_norm(16)
+    x = torch.randn(1, 8, 10, 10)
+    with torch.no_grad(), OpsOnOutputs(16 * 10 * 10) as mode:
+        conv_norm(conv, norm, x)
+    assert mode.ops == ["convolution"]
+
+
+def test_other_norms_are_not_folded():
+    conv, norm = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4).train()
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    assert torch.equal(conv_norm(conv, norm, x), nn.BatchNorm2d(4).train()(conv(x)))
 
 
 def test_resnet50_has_torchvision_state_dict_layout():

@@ -67,9 +67,13 @@ class Conv2d(nn.Conv2d):
     small outputs taken as a matmul (see the module's docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (torch.is_grad_enabled() and self.weight.requires_grad and x.device.type == "cpu" and self.groups == 1
+        return self.convolve(x, self.weight, self.bias)
+
+    def convolve(self, x: Tensor, weight: Tensor, bias) -> Tensor:
+        """This convolution (its stride, padding, dilation) of ``x`` with another weight and bias of
+        its shapes: e.g. its own with a frozen batch norm folded in (``resnet.conv_norm``)."""
+        if (torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu" and self.groups == 1
                 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
                 and _output_pixels(self, x) <= MATMUL_WEIGHT_GRAD_PIXELS):
-            return _ConvWithMatmulWeightGrad.apply(x, self.weight, self.bias, self.stride, self.padding,
-                                                   self.dilation)
-        return super().forward(x)
+            return _ConvWithMatmulWeightGrad.apply(x, weight, bias, self.stride, self.padding, self.dilation)
+        return self._conv_forward(x, weight, bias)
