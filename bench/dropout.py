@@ -9,7 +9,6 @@ are and switched back to nn.Dropout (which also takes the ReLU apart again), int
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -17,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deformdetr._malloc import keep_large_allocations
-from deformdetr.bench import image_size, median_seconds, positive_int
+from deformdetr.bench import interleaved_comparison_args, median_seconds
 from deformdetr.bench.model import build, random_targets, training_step
 from deformdetr.ops import Dropout, dropout, relu_dropout
 
@@ -61,14 +59,7 @@ def training_steps(size: tuple, rounds: int) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=image_size, default=(800, 1066), help="HEIGHTxWIDTH")
-    parser.add_argument("--rounds", type=positive_int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    keep_large_allocations()  # as the CLI does, so that what is timed is the kernels, not page faults
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    args = interleaved_comparison_args(__doc__.splitlines()[0], argv)
     op_alone(5)
     training_steps(args.size, args.rounds)
 

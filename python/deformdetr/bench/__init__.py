@@ -27,6 +27,25 @@ def image_size(text: str) -> tuple:
     return height, width
 
 
+def interleaved_comparison_args(description: str, argv=None) -> argparse.Namespace:
+    """The options of the scripts that time a change against what it replaced, interleaved at one
+    image size (--size, --rounds, --threads); sets the threads and, as the CLI does, keeps large
+    tensors in glibc's heap, so that what is timed is the code and not page faults."""
+    import torch
+
+    from deformdetr._malloc import keep_large_allocations
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--size", type=image_size, default=(800, 1066), help="HEIGHTxWIDTH")
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    keep_large_allocations()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return args
+
+
 def call_seconds(run, repeat: int, warmup: int = 1, sync=None) -> list:
     """Seconds of each of ``repeat`` calls of ``run``, after ``warmup`` calls (first-call
     allocations and set-up). ``sync``, when given, is called before each clock reading, so
