@@ -113,27 +113,24 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """``torch.nn.functional.dropout(input, p, training)``: in training each element is zeroed
     with probability p and the rest are scaled by 1 / (1 - p). float32/float64 CPU tensors run
     the native kernel (its seed drawn from torch's default generator); others run torch's."""
+    return _native_or(_dropout_op, lambda x: F.dropout(x, p, training), input, p, training)
+
+
+def _native_or(op, torchs, input: Tensor, p: float, training: bool) -> Tensor:
+    """``op``'s output where the native kernel runs and drops anything, else ``torchs(input)``;
+    the op's seed drawn from torch's default generator (so torch.manual_seed reproduces it)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0 or not _runs_native(input):
-        return F.dropout(input, p, training)
-    return _dropout_op(input, p, _draw_seed())[0]
-
-
-def _draw_seed() -> int:
-    """The kernel's seed, from torch's default generator (so torch.manual_seed reproduces it)."""
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        return torchs(input)
+    return op(input, p, int(torch.randint(0, 2**62, (), dtype=torch.int64)))[0]
 
 
 def relu_dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """``dropout(relu(input), p, training)``, in one pass where the native kernel runs (the same
     values and, for the same seed, the same mask), saving the ReLU's own pass, its backward and
     the activation it keeps for that backward."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-    if not training or p == 0.0 or not _runs_native(input):
-        return F.dropout(F.relu(input), p, training)
-    return _relu_dropout_op(input, p, _draw_seed())[0]
+    return _native_or(_relu_dropout_op, lambda x: F.dropout(F.relu(x), p, training), input, p, training)
 
 
 def dropout_reference(input: Tensor, p: float, keep_mask: Tensor) -> Tensor:
