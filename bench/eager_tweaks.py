@@ -5,9 +5,11 @@
    the norm as its own two passes: the ResNet-50 backbone at 800x1066, inference and forward +
    backward (its layer2-4 trainable, as officially);
 2. the sampling locations of MSDeformAttn (``reference + offset / (W, H)``) over flattened
-   (point, x/y) rows against the official broadcast over pairs, at the encoder's size.
+   (point, x/y) rows against the official broadcast over pairs, at the encoder's size, and in the
+   demo's training step.
 
     python bench/eager_tweaks.py [--size 800x1066] [--rounds 3] [--threads 2]
+    (the demo's step: 2 * rounds + 2 rounds)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 import deformdetr.models.resnet as resnet
 from deformdetr.bench import interleaved_comparison_args, median_seconds
+from deformdetr.bench.model import demo_training_step
 from deformdetr.models.backbone import Backbone
 from deformdetr.ops.ms_deform_attn_module import _point_locations
 
@@ -82,10 +85,30 @@ def sampling_locations(queries: int, repeat: int) -> None:
           f"the official broadcast {broadcast * 1e3:.1f} ms; equal bit for bit: {same}")
 
 
+def demo_step_with_each_location_form(rounds: int) -> None:
+    import deformdetr.ops.ms_deform_attn_module as attention_module
+
+    def official(reference_points, offsets, spatial_shapes):
+        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+        return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+
+    step = demo_training_step()[0]
+    flattened = attention_module._point_locations
+    seconds = {"flattened rows": [], "official broadcast": []}
+    for _ in range(rounds):
+        for label, fn in (("flattened rows", flattened), ("official broadcast", official)):
+            attention_module._point_locations = fn
+            seconds[label].append(median_seconds(step, 3))
+    attention_module._point_locations = flattened
+    print("demo training step: " + ", ".join(
+        f"{label} {statistics.median(v) * 1e3:.1f} ms" for label, v in seconds.items()) + f" (medians of {rounds} rounds of 3 steps)")
+
+
 def main(argv=None):
     args = interleaved_comparison_args(__doc__.splitlines()[0], argv)
     height, width = args.size
     sampling_locations(sum(-(-height // s) * -(-width // s) for s in (8, 16, 32, 64)), 9)
+    demo_step_with_each_location_form(2 * args.rounds + 2)
     backbone(args.size, args.rounds)
 
 

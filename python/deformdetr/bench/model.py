@@ -255,9 +255,9 @@ def report_training_parts(model, criterion, images, mask, targets, repeat: int) 
           f"(the rest: autograd's engine and the hooks' own time)")
 
 
-def demo_throughput(steps: int, compile_model: bool) -> None:
-    """Images per second of the demo's training (its preset, batch and image size), over
-    ``steps`` steps after two warm-up steps."""
+def demo_training_step(compile_model: bool = False):
+    """One training step of the demo's preset (its model, optimizer, batch and image size) on a
+    fixed random batch: ``(step, optimizer, batch, size)``."""
     from deformdetr.configs import load_config
     from deformdetr.engine.tasks import get_task
 
@@ -272,7 +272,13 @@ def demo_throughput(steps: int, compile_model: bool) -> None:
     targets = random_targets(batch, generator, num_classes=cfg["model"]["num_classes"], boxes=3)
     model.train()
     runner = model if not compile_model else torch.compile(model)
-    step = training_step(runner, criterion, optimizer, images, mask, targets)
+    return training_step(runner, criterion, optimizer, images, mask, targets), optimizer, batch, size
+
+
+def demo_throughput(steps: int, compile_model: bool) -> None:
+    """Images per second of the demo's training (its preset, batch and image size), over
+    ``steps`` steps after two warm-up steps."""
+    step, optimizer, batch, size = demo_training_step(compile_model)
     seconds = median_seconds(step, steps, warmup=2)
     print(f"demo training: batch {batch} of {size}x{size}, {torch.get_num_threads()} threads"
           f"{', compiled' if compile_model else ''}: {seconds * 1e3:.0f} ms a step, {batch / seconds:.1f} images/s")
