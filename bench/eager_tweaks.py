@@ -9,7 +9,7 @@
    demo's training step.
 
     python bench/eager_tweaks.py [--size 800x1066] [--rounds 3] [--threads 2]
-    (the demo's step: 2 * rounds + 2 rounds)
+    (the demo's step, a few hundred ms: 6 * rounds + 6 rounds)
 """
 
 from __future__ import annotations
@@ -49,38 +49,53 @@ def backbone(size: tuple, rounds: int) -> None:
         sum(x.sum() for x, _ in outputs).backward()
         return outputs
 
-    folded = resnet.conv_norm
+    forms = {"folded": resnet.conv_norm, "separate": _norm_after_conv}
     for name, run in (("inference", inference), ("forward + backward", training)):
-        seconds = {"folded": [], "separate": []}
-        outputs = {}
-        for round_ in range(rounds + 1):  # the first round warms up
-            for label, fn in (("folded", folded), ("separate", _norm_after_conv)):
-                resnet.conv_norm = fn
+        seconds, outputs = _interleaved(resnet, "conv_norm", forms, run, rounds)
+        difference = max(((a - b).abs().max() / b.abs().max()).item()
+                         for (a, _), (b, _) in zip(outputs["folded"], outputs["separate"]))
+        print(f"backbone {name}: " + ", ".join(
+            f"{label} {statistics.median(v):.3f} s ({', '.join(f'{t:.3f}' for t in v)})"
+            for label, v in seconds.items()) + f"; largest difference {difference:.1e} of the largest value")
+
+
+def _interleaved(module, attribute: str, forms: dict, run, rounds: int):
+    """Seconds of each call of ``run`` with ``module.attribute`` set to each of ``forms`` in turn,
+    ``rounds`` times after a warm-up round, and each form's last output; the attribute restored."""
+    original = getattr(module, attribute)
+    seconds = {label: [] for label in forms}
+    outputs = {}
+    try:
+        for round_ in range(rounds + 1):
+            for label, form in forms.items():
+                setattr(module, attribute, form)
                 started = time.perf_counter()
                 outputs[label] = run()
                 if round_:
                     seconds[label].append(time.perf_counter() - started)
-        resnet.conv_norm = folded
-        difference = max(((a - b).abs().max() / b.abs().max()).item()
-                         for (a, _), (b, _) in zip(outputs["folded"], outputs["separate"]))
-        print(f"backbone {name}: " + ", ".join(
-            f"{label} {statistics.median(v):.3f} s ({', '.join(f'{t:.3f}' for t in v)})" for label, v in seconds.items())
-            + f"; largest difference {difference:.1e} of the largest value")
+    finally:
+        setattr(module, attribute, original)
+    return seconds, outputs
 
 
-def sampling_locations(queries: int, repeat: int) -> None:
+def _official_locations(reference_points, offsets, spatial_shapes):
+    """The official formula: the level sizes broadcast over (x, y) pairs, cast element by element."""
+    normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+    return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+
+
+def sampling_locations(size: tuple, repeat: int) -> None:
+    height, width = size
+    # The encoder's four levels at this image size (strides 8 to 64, rounded up as the backbone does).
+    shapes = torch.tensor([[-(-height // s), -(-width // s)] for s in (8, 16, 32, 64)])
+    queries = int(shapes.prod(1).sum())
     generator = torch.Generator().manual_seed(0)
-    shapes = torch.tensor([[100, 134], [50, 67], [25, 34], [13, 17]])
     reference = torch.rand(1, queries, 4, 2, generator=generator)
     offsets = torch.randn(1, queries, 8, 4, 4, 2, generator=generator)
-    normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1)
-
-    def official():
-        return reference[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-
-    flattened = median_seconds(lambda: _point_locations(reference, offsets, shapes), repeat)
-    broadcast = median_seconds(official, repeat)
-    same = torch.equal(official(), _point_locations(reference, offsets, shapes))
+    inputs = (reference, offsets, shapes)
+    flattened = median_seconds(lambda: _point_locations(*inputs), repeat)
+    broadcast = median_seconds(lambda: _official_locations(*inputs), repeat)
+    same = torch.equal(_official_locations(*inputs), _point_locations(*inputs))
     print(f"sampling locations, {queries} queries: flattened rows {flattened * 1e3:.1f} ms, "
           f"the official broadcast {broadcast * 1e3:.1f} ms; equal bit for bit: {same}")
 
@@ -88,27 +103,17 @@ def sampling_locations(queries: int, repeat: int) -> None:
 def demo_step_with_each_location_form(rounds: int) -> None:
     import deformdetr.ops.ms_deform_attn_module as attention_module
 
-    def official(reference_points, offsets, spatial_shapes):
-        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
-        return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-
     step = demo_training_step()[0]
-    flattened = attention_module._point_locations
-    seconds = {"flattened rows": [], "official broadcast": []}
-    for _ in range(rounds):
-        for label, fn in (("flattened rows", flattened), ("official broadcast", official)):
-            attention_module._point_locations = fn
-            seconds[label].append(median_seconds(step, 3))
-    attention_module._point_locations = flattened
-    print("demo training step: " + ", ".join(
-        f"{label} {statistics.median(v) * 1e3:.1f} ms" for label, v in seconds.items()) + f" (medians of {rounds} rounds of 3 steps)")
+    forms = {"flattened rows": attention_module._point_locations, "official broadcast": _official_locations}
+    seconds, _ = _interleaved(attention_module, "_point_locations", forms, step, rounds)
+    print("demo training step: " + ", ".join(f"{label} {statistics.median(v) * 1e3:.1f} ms"
+                                            for label, v in seconds.items()) + f" (medians of {rounds} rounds)")
 
 
 def main(argv=None):
     args = interleaved_comparison_args(__doc__.splitlines()[0], argv)
-    height, width = args.size
-    sampling_locations(sum(-(-height // s) * -(-width // s) for s in (8, 16, 32, 64)), 9)
-    demo_step_with_each_location_form(2 * args.rounds + 2)
+    sampling_locations(args.size, 9)
+    demo_step_with_each_location_form(6 * args.rounds + 6)
     backbone(args.size, args.rounds)
 
 

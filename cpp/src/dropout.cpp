@@ -1,7 +1,6 @@
 #include "deformdetr/dropout.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "deformdetr/parallel.h"
 

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from deformdetr.models.conv import Conv2d
 
-__all__ = ["FrozenBatchNorm2d", "conv_norm", "ConvNorm", "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50",
-           "resnet101", "RESNETS", "RESNET_URLS"]
+__all__ = ["FrozenBatchNorm2d", "conv_norm", "ConvNorm", "BasicBlock", "Bottleneck", "ResNet", "resnet18",
+           "resnet34", "resnet50", "resnet101", "RESNETS", "RESNET_URLS"]
 
 # torchvision's ImageNet weights (the "V1" weights Deformable DETR was trained from).
 RESNET_URLS = {
