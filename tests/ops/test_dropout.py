@@ -49,7 +49,7 @@ def test_each_element_is_kept_with_probability_one_minus_p(p):
 
 
 def test_the_mask_is_splitmix64s_stream_across_the_kernels_blocks():
-    n = 2 * 4096 + 3  # two whole blocks of the kernel and an odd tail
+    n = 2 * 4096 + 3  # many of the kernel's blocks (256 elements) and an odd tail
     _, keep_mask = native_dropout(torch.ones(n), 0.4, 2**62 + 17)
     assert keep_mask.tolist() == splitmix64_keeps(2**62 + 17, 0.4, n)
 

@@ -60,8 +60,8 @@ class FrozenBatchNorm2d(nn.Module):
 def conv_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
     """``norm(conv(x))``. A frozen batch norm after a bias-free convolution is folded into it: its
     scale into the weight, its shift as the bias. The same values to float rounding, and the norm's
-    two passes over the output (and, in training, its backward's) are gone; at 800x1066 they were
-    most of a ResNet-50's elementwise work (bench/RESULTS.md)."""
+    two passes over the output (and, in training, its backward's) are gone: a ResNet-50 at 800x1066
+    takes 7% less time at inference, 6% less forward and backward (``python bench/eager_tweaks.py``)."""
     if isinstance(norm, FrozenBatchNorm2d) and isinstance(conv, Conv2d) and conv.bias is None:
         scale, shift = norm.scale_and_shift()
         return conv.convolve(x, conv.weight * scale.reshape(-1, 1, 1, 1), shift)

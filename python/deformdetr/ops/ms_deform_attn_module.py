@@ -176,9 +176,9 @@ class MSDeformAttn(nn.Module):
 def _point_locations(reference_points: Tensor, offsets: Tensor, spatial_shapes: Tensor) -> Tensor:
     """``reference + offset / (W, H)``: offsets are in pixels of each sample's level. The official
     arithmetic, laid out with (point, x/y) flattened last so that both broadcasts run over rows of
-    P * 2 contiguous values instead of pairs: 7x faster on the CPU at the encoder's size (5.6
-    against 42 ms for 17821 queries), the same values bit for bit (the sizes are cast to the
-    offsets' dtype first, as type promotion does)."""
+    P * 2 contiguous values instead of pairs: 5x faster on the CPU at the encoder's size (7.0
+    against 35.8 ms for 17821 queries, ``python bench/eager_tweaks.py``), the same values bit for
+    bit (the sizes are cast to the offsets' dtype first, as type promotion does)."""
     batch, queries, heads, levels, points, _ = offsets.shape
     normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
     per_sample = normalizer[:, None, :].expand(levels, points, 2).reshape(levels * points * 2)
