@@ -1,15 +1,18 @@
 #!/usr/bin/env python
-"""Two eager-mode changes measured against what they replaced, interleaved in one process:
+"""Three eager-mode changes measured against what they replaced, interleaved in one process:
 
 1. frozen batch norm folded into the convolution before it (``models.resnet.conv_norm``) against
    the norm as its own two passes: the ResNet-50 backbone at 800x1066, inference and forward +
    backward (its layer2-4 trainable, as officially);
 2. the sampling locations of MSDeformAttn (``reference + offset / (W, H)``) over flattened
    (point, x/y) rows against the official broadcast over pairs, at the encoder's size, and in the
-   demo's training step.
+   demo's training step;
+3. the backbone's layout at inference on the CPU (``models.resnet.inference_layout``): channels-last
+   against torch's default, for the ResNet-50 at --size, at MonoDETR's 384x1280 and at 480x640, and
+   for the demo's ResNet-18 (batch 16 of 64x64).
 
     python bench/eager_tweaks.py [--size 800x1066] [--rounds 3] [--threads 2]
-    (the demo's step, a few hundred ms: 6 * rounds + 6 rounds)
+    (the demo's step, a few hundred ms: 6 * rounds + 6 rounds; the layouts: 3 * rounds + 3 rounds)
 """
 
 from __future__ import annotations
@@ -57,6 +60,37 @@ def backbone(size: tuple, rounds: int) -> None:
         print(f"backbone {name}: " + ", ".join(
             f"{label} {statistics.median(v):.3f} s ({', '.join(f'{t:.3f}' for t in v)})"
             for label, v in seconds.items()) + f"; largest difference {difference:.1e} of the largest value")
+
+
+def _torch_default_layout(x):
+    return x
+
+
+def inference_layouts(size: tuple, rounds: int) -> None:
+    torch.manual_seed(0)
+    cases = ((f"ResNet-50 at {size[0]}x{size[1]}", Backbone("resnet50"), 1, size),
+             ("ResNet-50 at 384x1280", None, 1, (384, 1280)), ("ResNet-50 at 480x640", None, 1, (480, 640)),
+             ("the demo's ResNet-18 (batch norm), 16 of 64x64", Backbone("resnet18", from_scratch=True), 16, (64, 64)))
+    default = "torch's default"
+    forms = {"channels-last": resnet.inference_layout, default: _torch_default_layout}
+    model = None
+    for label, built, batch, shape in cases:
+        model = (built or model).eval()
+        images = torch.randn(batch, 3, *shape)
+        mask = torch.zeros(batch, *shape, dtype=torch.bool)
+
+        def inference():
+            with torch.no_grad():
+                return model(images, mask)
+
+        seconds, outputs = _interleaved(resnet, "inference_layout", forms, inference, rounds)
+        difference = max(((a - b).abs().max() / b.abs().max()).item()
+                         for (a, _), (b, _) in zip(outputs["channels-last"], outputs[default]))
+        medians = {name: statistics.median(v) for name, v in seconds.items()}
+        faster = sum(a < b for a, b in zip(*seconds.values()))
+        print(f"backbone inference, {label}: " + ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in medians.items())
+              + f" ({medians['channels-last'] / medians[default]:.3f}; "
+              f"faster in {faster} of {rounds} rounds); largest difference {difference:.1e} of the largest value")
 
 
 def _interleaved(module, attribute: str, forms: dict, run, rounds: int):
@@ -115,6 +149,7 @@ def main(argv=None):
     sampling_locations(args.size, 9)
     demo_step_with_each_location_form(6 * args.rounds + 6)
     backbone(args.size, args.rounds)
+    inference_layouts(args.size, 3 * args.rounds + 3)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,29 @@ def test_other_norms_are_not_folded():
     assert torch.equal(conv_norm(conv, norm, x), nn.BatchNorm2d(4).train()(conv(x)))
 
 
+@pytest.mark.parametrize("norm_layer", [None, nn.BatchNorm2d])
+def test_inference_on_the_cpu_runs_channels_last_with_the_values_of_the_default_layout(norm_layer, monkeypatch):
+    import deformdetr.models.resnet as resnet
+
+    torch.manual_seed(0)
+    model = resnet18(with_head=False, norm_layer=norm_layer).eval()
+    x = torch.randn(2, 3, 40, 56)
+    with torch.no_grad():
+        fast = model.forward_stages(x, ["layer2", "layer4"])
+        monkeypatch.setattr(resnet, "inference_layout", lambda images: images)
+        default = model.forward_stages(x, ["layer2", "layer4"])
+    for name in fast:
+        assert fast[name].is_contiguous(memory_format=torch.channels_last)
+        assert default[name].is_contiguous()
+        torch.testing.assert_close(fast[name], default[name], rtol=1e-5, atol=1e-5)
+
+
+def test_training_keeps_the_default_layout():
+    model = resnet18(with_head=False, norm_layer=nn.BatchNorm2d).train()
+    out = model.forward_stages(torch.randn(2, 3, 32, 32), ["layer3"])["layer3"]
+    assert out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_resnet50_has_torchvision_state_dict_layout():
     keys = resnet50().state_dict().keys()
     # 53 convolutions (+4 downsample), each with a frozen BN of 4 buffers, plus the fc layer.

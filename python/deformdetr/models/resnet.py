@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from deformdetr.models.conv import Conv2d
 
-__all__ = ["FrozenBatchNorm2d", "conv_norm", "ConvNorm", "BasicBlock", "Bottleneck", "ResNet", "resnet18",
-           "resnet34", "resnet50", "resnet101", "RESNETS", "RESNET_URLS"]
+__all__ = ["FrozenBatchNorm2d", "conv_norm", "ConvNorm", "BasicBlock", "Bottleneck", "ResNet", "inference_layout",
+           "resnet18", "resnet34", "resnet50", "resnet101", "RESNETS", "RESNET_URLS"]
 
 # torchvision's ImageNet weights (the "V1" weights Deformable DETR was trained from).
 RESNET_URLS = {
@@ -66,6 +66,17 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
         scale, shift = norm.scale_and_shift()
         return conv.convolve(x, conv.weight * scale.reshape(-1, 1, 1, 1), shift)
     return norm(conv(x))
+
+
+def inference_layout(x: Tensor) -> Tensor:
+    """The images in the layout the ResNet runs fastest in. At inference on the CPU that is
+    channels-last, oneDNN's own: a ResNet-50 takes 14% less time at 800x1066, 9% at 384x1280, 7% at
+    480x640, the same at 64x64 (``python bench/eager_tweaks.py``), and its max pool, which in torch's
+    default layout is a slow loop, 8 ms instead of 76 ms at 800x1066. In training the convolutions'
+    backward measured slower in channels-last, so training keeps torch's default layout."""
+    if x.device.type == "cpu" and not torch.is_grad_enabled():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 class ConvNorm(nn.Sequential):
@@ -184,8 +195,9 @@ class ResNet(nn.Module):
         return self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))
 
     def forward_stages(self, x: Tensor, stages: Sequence[str]) -> dict[str, Tensor]:
-        """Runs up to the last requested stage ("layer1".."layer4"); returns those outputs."""
-        x = self.stem(x)
+        """Runs up to the last requested stage ("layer1".."layer4"); returns those outputs (in
+        channels-last memory at inference on the CPU: :func:`inference_layout`)."""
+        x = self.stem(inference_layout(x))
         out = {}
         last = max(int(s[-1]) for s in stages)
         for index in range(1, last + 1):
