@@ -71,3 +71,18 @@ def test_log_without_evaluation_says_so():
     figure = log_figure([{"epoch": 0, "train_loss": 1.0}])
     assert [t.get_text() for t in figure.axes[1].texts] == ["no evaluation in the log"]
     plt.close(figure)
+
+
+def test_epochs_are_whole_numbers_even_for_a_single_epoch():
+    import matplotlib.pyplot as plt
+
+    from deformdetr.engine.visualize import log_figure
+
+    figure = log_figure([{"epoch": 0, "train_loss": 1.0, "test_AP50": 0.015}], DetectionTask.plot_panel)
+    figure.canvas.draw()
+    for axis in figure.axes:
+        low, high = axis.get_xlim()
+        assert low <= -1 and high >= 1
+        ticks = [t for t in axis.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    plt.close(figure)

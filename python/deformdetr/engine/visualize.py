@@ -92,5 +92,17 @@ def log_figure(records: list[dict], panel: Optional[tuple] = None):
             metric_axis.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", label=legend)
         metric_axis.set(title="validation", xlabel="epoch", ylabel=label, ylim=limits)
         metric_axis.legend()
+    for axis in (loss_axis, metric_axis):
+        _epochs_on(axis, epochs)
     figure.tight_layout()
     return figure
+
+
+def _epochs_on(axis, epochs: list) -> None:
+    """Whole epochs on the x axis; a single epoch sits in a range of one epoch either side
+    (matplotlib would span it with fractional ticks such as -0.04..0.04)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs and min(epochs) == max(epochs):
+        axis.set_xlim(epochs[0] - 1, epochs[0] + 1)
