@@ -84,6 +84,35 @@ def test_padding_mask_hides_masked_values():
     assert not torch.allclose(m(query, ref, flat, SHAPES, STARTS), m(query, ref, changed, SHAPES, STARTS))
 
 
+def _masked_fills(module, *args) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += func.overloadpacket.__name__.startswith("masked_fill")
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        output = module(*args)
+    return Count.calls, output
+
+
+def test_a_mask_without_padding_zeroes_nothing_and_changes_nothing():
+    torch.manual_seed(0)
+    m = randomised(MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3))
+    query, ref, flat = inputs()
+    no_padding = torch.zeros(2, VALUE_LEN, dtype=torch.bool)
+    calls, output = _masked_fills(m, query, ref, flat, SHAPES, STARTS, no_padding)
+    assert calls == 0
+    assert torch.equal(output, m(query, ref, flat, SHAPES, STARTS))
+    padding = no_padding.clone()
+    padding[1, -3:] = True
+    calls, _ = _masked_fills(m, query, ref, flat, SHAPES, STARTS, padding)
+    assert calls == 1
+
+
 def test_gradients_reach_every_parameter():
     m = randomised(MSDeformAttn(d_model=32, n_levels=4, n_heads=4, n_points=3))
     query, ref, flat = inputs()

@@ -85,7 +85,7 @@ class MSDeformAttn(nn.Module):
         batch, queries, _ = query.shape
         value_len = input_flatten.shape[1]
         value = self.value_proj(input_flatten)
-        if input_padding_mask is not None:
+        if input_padding_mask is not None and _may_pad(input_padding_mask):
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(batch, value_len, self.n_heads, self.d_model // self.n_heads)
         offsets = self.sampling_offsets(query).view(
@@ -171,6 +171,17 @@ class MSDeformAttn(nn.Module):
                 f"to match query (N, Lq) = {expected[:2]} and n_levels={self.n_levels}, "
                 f"got {tuple(reference_points.shape)}"
             )
+
+
+def _may_pad(mask: Tensor) -> bool:
+    """Whether the padding mask may mark a position. Only on the CPU, eagerly, is it read: there
+    it costs microseconds, and a batch of images of one size (inference on one image, most
+    training batches at full resolution) skips zeroing the value (a copy and a pass over it, in
+    each attention layer, and their backward); on a GPU reading it would wait for the device,
+    and under torch.compile or torch.export it would break the graph."""
+    if mask.device.type != "cpu" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return True
+    return bool(mask.any())
 
 
 def _point_locations(reference_points: Tensor, offsets: Tensor, spatial_shapes: Tensor) -> Tensor:
