@@ -3,6 +3,7 @@ for mono3d)."""
 
 import json
 
+import pytest
 from PIL import Image
 
 from deformdetr.engine.tasks.detection import DetectionTask
@@ -73,16 +74,22 @@ def test_log_without_evaluation_says_so():
     plt.close(figure)
 
 
-def test_epochs_are_whole_numbers_even_for_a_single_epoch():
+@pytest.mark.parametrize("records", [
+    [{"epoch": 0, "train_loss": 1.0, "test_AP50": 0.015}],
+    [{"epoch": 0, "train_loss": 2.0}, {"epoch": 1, "train_loss": 1.0, "test_AP50": 0.1}],  # one evaluation
+])
+def test_both_panels_show_the_logs_epochs_as_whole_numbers(records):
     import matplotlib.pyplot as plt
 
     from deformdetr.engine.visualize import log_figure
 
-    figure = log_figure([{"epoch": 0, "train_loss": 1.0, "test_AP50": 0.015}], DetectionTask.plot_panel)
+    figure = log_figure(records, DetectionTask.plot_panel)
     figure.canvas.draw()
+    epochs = [r["epoch"] for r in records]
+    assert figure.axes[0].get_xlim() == figure.axes[1].get_xlim()
     for axis in figure.axes:
         low, high = axis.get_xlim()
-        assert low <= -1 and high >= 1
+        assert low < min(epochs) and high > max(epochs)
         ticks = [t for t in axis.get_xticks() if low <= t <= high]
-        assert ticks and all(float(t).is_integer() for t in ticks)
+        assert sorted(ticks) == list(range(min(epochs), max(epochs) + 1))
     plt.close(figure)

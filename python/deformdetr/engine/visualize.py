@@ -99,10 +99,11 @@ def log_figure(records: list[dict], panel: Optional[tuple] = None):
 
 
 def _epochs_on(axis, epochs: list) -> None:
-    """Whole epochs on the x axis; a single epoch sits in a range of one epoch either side
-    (matplotlib would span it with fractional ticks such as -0.04..0.04)."""
+    """The log's epochs on the x axis, the same range on both panels, with whole-number ticks
+    (matplotlib would span a single point with fractional ones such as 0.945..1.05)."""
     from matplotlib.ticker import MaxNLocator
 
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if epochs and min(epochs) == max(epochs):
-        axis.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    low, high = min(epochs), max(epochs)
+    margin = max(0.5, 0.05 * (high - low))
+    axis.set_xlim(low - margin, high + margin)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
