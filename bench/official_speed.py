@@ -108,7 +108,8 @@ def main():
                 module.p = p
             official.train()
             ours.train()
-            steps = [training_step(model, run) for model, run in zip((official, ours, ours), runs)]
+            models = [official, ours, ours][:len(runs)]  # the compiled column's module is ours
+            steps = [training_step(model, run) for model, run in zip(models, runs, strict=True)]
             if opt.compile:
                 started = time.perf_counter()
                 steps[-1]()  # compiles the training graphs (once per dropout setting)
