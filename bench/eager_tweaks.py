@@ -55,11 +55,15 @@ def backbone(size: tuple, rounds: int) -> None:
     forms = {"folded": resnet.conv_norm, "separate": _norm_after_conv}
     for name, run in (("inference", inference), ("forward + backward", training)):
         seconds, outputs = _interleaved(resnet, "conv_norm", forms, run, rounds)
-        difference = max(((a - b).abs().max() / b.abs().max()).item()
-                         for (a, _), (b, _) in zip(outputs["folded"], outputs["separate"]))
+        difference = _largest_difference(outputs["folded"], outputs["separate"])
         print(f"backbone {name}: " + ", ".join(
             f"{label} {statistics.median(v):.3f} s ({', '.join(f'{t:.3f}' for t in v)})"
             for label, v in seconds.items()) + f"; largest difference {difference:.1e} of the largest value")
+
+
+def _largest_difference(outputs, expected) -> float:
+    """The largest difference between two backbones' features, relative to each level's largest value."""
+    return max(((a - b).abs().max() / b.abs().max()).item() for (a, _), (b, _) in zip(outputs, expected))
 
 
 def _torch_default_layout(x):
@@ -68,14 +72,13 @@ def _torch_default_layout(x):
 
 def inference_layouts(size: tuple, rounds: int) -> None:
     torch.manual_seed(0)
-    cases = ((f"ResNet-50 at {size[0]}x{size[1]}", Backbone("resnet50"), 1, size),
-             ("ResNet-50 at 384x1280", None, 1, (384, 1280)), ("ResNet-50 at 480x640", None, 1, (480, 640)),
-             ("the demo's ResNet-18 (batch norm), 16 of 64x64", Backbone("resnet18", from_scratch=True), 16, (64, 64)))
+    resnet50, demo_resnet18 = Backbone("resnet50").eval(), Backbone("resnet18", from_scratch=True).eval()
+    cases = ((f"ResNet-50 at {size[0]}x{size[1]}", resnet50, 1, size),
+             ("ResNet-50 at 384x1280", resnet50, 1, (384, 1280)), ("ResNet-50 at 480x640", resnet50, 1, (480, 640)),
+             ("the demo's ResNet-18 (batch norm), 16 of 64x64", demo_resnet18, 16, (64, 64)))
     default = "torch's default"
     forms = {"channels-last": resnet.inference_layout, default: _torch_default_layout}
-    model = None
-    for label, built, batch, shape in cases:
-        model = (built or model).eval()
+    for label, model, batch, shape in cases:
         images = torch.randn(batch, 3, *shape)
         mask = torch.zeros(batch, *shape, dtype=torch.bool)
 
@@ -84,8 +87,7 @@ def inference_layouts(size: tuple, rounds: int) -> None:
                 return model(images, mask)
 
         seconds, outputs = _interleaved(resnet, "inference_layout", forms, inference, rounds)
-        difference = max(((a - b).abs().max() / b.abs().max()).item()
-                         for (a, _), (b, _) in zip(outputs["channels-last"], outputs[default]))
+        difference = _largest_difference(outputs["channels-last"], outputs[default])
         medians = {name: statistics.median(v) for name, v in seconds.items()}
         faster = sum(a < b for a, b in zip(*seconds.values()))
         print(f"backbone inference, {label}: " + ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in medians.items())
