@@ -7,9 +7,10 @@
 2. the sampling locations of MSDeformAttn (``reference + offset / (W, H)``) over flattened
    (point, x/y) rows against the official broadcast over pairs, at the encoder's size, and in the
    demo's training step;
-3. the backbone's layout at inference on the CPU (``models.resnet.inference_layout``): channels-last
-   against torch's default, for the ResNet-50 at --size, at MonoDETR's 384x1280 and at 480x640, and
-   for the demo's ResNet-18 (batch 16 of 64x64).
+3. the backbone's layout at inference on the CPU: channels-last against torch's default, for the
+   ResNet-50 at --size, at MonoDETR's 384x1280, at 480x640, 256x320 and 128x160, and for the demo's
+   ResNet-18 (batch 16 of 64x64); ``models.resnet.inference_layout`` takes channels-last from
+   ``CHANNELS_LAST_MIN_PIXELS`` up, where this says it is faster.
 
     python bench/eager_tweaks.py [--size 800x1066] [--rounds 3] [--threads 2]
     (the demo's step, a few hundred ms: 6 * rounds + 6 rounds; the layouts: 3 * rounds + 3 rounds)
@@ -66,6 +67,10 @@ def _largest_difference(outputs, expected) -> float:
     return max(((a - b).abs().max() / b.abs().max()).item() for (a, _), (b, _) in zip(outputs, expected))
 
 
+def _channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def _torch_default_layout(x):
     return x
 
@@ -75,9 +80,10 @@ def inference_layouts(size: tuple, rounds: int) -> None:
     resnet50, demo_resnet18 = Backbone("resnet50").eval(), Backbone("resnet18", from_scratch=True).eval()
     cases = ((f"ResNet-50 at {size[0]}x{size[1]}", resnet50, 1, size),
              ("ResNet-50 at 384x1280", resnet50, 1, (384, 1280)), ("ResNet-50 at 480x640", resnet50, 1, (480, 640)),
+             ("ResNet-50 at 256x320", resnet50, 1, (256, 320)), ("ResNet-50 at 128x160", resnet50, 1, (128, 160)),
              ("the demo's ResNet-18 (batch norm), 16 of 64x64", demo_resnet18, 16, (64, 64)))
     default = "torch's default"
-    forms = {"channels-last": resnet.inference_layout, default: _torch_default_layout}
+    forms = {"channels-last": _channels_last, default: _torch_default_layout}
     for label, model, batch, shape in cases:
         images = torch.randn(batch, 3, *shape)
         mask = torch.zeros(batch, *shape, dtype=torch.bool)

@@ -81,7 +81,7 @@ def test_inference_on_the_cpu_runs_channels_last_with_the_values_of_the_default_
 
     torch.manual_seed(0)
     model = resnet18(with_head=False, norm_layer=norm_layer).eval()
-    x = torch.randn(2, 3, 40, 56)
+    x = torch.randn(1, 3, 256, 264)  # over resnet.CHANNELS_LAST_MIN_PIXELS
     with torch.no_grad():
         fast = model.forward_stages(x, ["layer2", "layer4"])
         monkeypatch.setattr(resnet, "inference_layout", lambda images: images)
@@ -89,7 +89,15 @@ def test_inference_on_the_cpu_runs_channels_last_with_the_values_of_the_default_
     for name in fast:
         assert fast[name].is_contiguous(memory_format=torch.channels_last)
         assert default[name].is_contiguous()
-        torch.testing.assert_close(fast[name], default[name], rtol=1e-5, atol=1e-5)
+        # Float rounding only: within 1e-5 of the stage's largest value (features reach ~20 here).
+        assert (fast[name] - default[name]).abs().max() <= 1e-5 * default[name].abs().max()
+
+
+def test_inference_on_small_images_keeps_the_default_layout():
+    model = resnet18(with_head=False).eval()
+    with torch.no_grad():  # 2 x 128 x 160 pixels: below resnet.CHANNELS_LAST_MIN_PIXELS, where it was slower
+        out = model.forward_stages(torch.randn(2, 3, 128, 160), ["layer2"])["layer2"]
+    assert out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_training_keeps_the_default_layout():

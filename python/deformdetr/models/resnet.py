@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from deformdetr.models.conv import Conv2d
 
 __all__ = ["FrozenBatchNorm2d", "conv_norm", "ConvNorm", "BasicBlock", "Bottleneck", "ResNet", "inference_layout",
-           "resnet18", "resnet34", "resnet50", "resnet101", "RESNETS", "RESNET_URLS"]
+           "CHANNELS_LAST_MIN_PIXELS", "resnet18", "resnet34", "resnet50", "resnet101", "RESNETS", "RESNET_URLS"]
 
 # torchvision's ImageNet weights (the "V1" weights Deformable DETR was trained from).
 RESNET_URLS = {
@@ -68,13 +68,26 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
     return norm(conv(x))
 
 
+#: Pixels in a batch (images x height x width) from which CPU inference runs in channels-last:
+#: slower below (1 image of 128x160, 20480 pixels: 1.16-1.24x the time), as fast or faster from a
+#: batch of 16 at 64x64 (65536: 0.91-1.03x) and 1 image of 256x320 (0.95-1.01x), faster from
+#: 480x640 up (``python bench/eager_tweaks.py``; the ranges are of runs on different days).
+CHANNELS_LAST_MIN_PIXELS = 256 * 256
+
+
 def inference_layout(x: Tensor) -> Tensor:
-    """The images in the layout the ResNet runs fastest in. At inference on the CPU that is
-    channels-last, oneDNN's own: a ResNet-50 takes 14% less time at 800x1066, 9% at 384x1280, 7% at
-    480x640, the same at 64x64 (``python bench/eager_tweaks.py``), and its max pool, which in torch's
-    default layout is a slow loop, 8 ms instead of 76 ms at 800x1066. In training the convolutions'
-    backward measured slower in channels-last, so training keeps torch's default layout."""
-    if x.device.type == "cpu" and not torch.is_grad_enabled():
+    """The images in the layout the ResNet runs fastest in. At inference on the CPU, for batches of
+    at least :data:`CHANNELS_LAST_MIN_PIXELS`, that is channels-last, oneDNN's own: a ResNet-50
+    takes 14% less time at 800x1066, 9% at 384x1280, 7% at 480x640 (``python
+    bench/eager_tweaks.py``), and its max pool, which in torch's default layout is a slow loop, 8 ms
+    instead of 76 ms at 800x1066. In training the convolutions' backward measured slower in
+    channels-last, so training keeps torch's default layout. A graph being compiled or exported
+    keeps it too: a test of its sizes would guard (narrow) the sizes an exported model accepts,
+    and the compiler lays out its convolutions itself."""
+    if (x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()):
+        return x
+    if x.shape[0] * x.shape[-2] * x.shape[-1] >= CHANNELS_LAST_MIN_PIXELS:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
