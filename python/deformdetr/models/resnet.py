@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from deformdetr.models.conv import Conv2d
+from deformdetr.ops.eager import inference_on_cpu
 
 __all__ = ["FrozenBatchNorm2d", "conv_norm", "ConvNorm", "BasicBlock", "Bottleneck", "ResNet", "inference_layout",
            "CHANNELS_LAST_MIN_PIXELS", "resnet18", "resnet34", "resnet50", "resnet101", "RESNETS", "RESNET_URLS"]
@@ -84,10 +85,7 @@ def inference_layout(x: Tensor) -> Tensor:
     channels-last, so training keeps torch's default layout. A graph being compiled or exported
     keeps it too: a test of its sizes would guard (narrow) the sizes an exported model accepts,
     and the compiler lays out its convolutions itself."""
-    if (x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting()):
-        return x
-    if x.shape[0] * x.shape[-2] * x.shape[-1] >= CHANNELS_LAST_MIN_PIXELS:
+    if inference_on_cpu(x) and x.shape[0] * x.shape[-2] * x.shape[-1] >= CHANNELS_LAST_MIN_PIXELS:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 

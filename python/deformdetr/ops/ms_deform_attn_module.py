@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deformdetr.ops.eager import eager_on_cpu
 from deformdetr.ops.ms_deform_attn import ms_deform_attn, spatial_shapes_tensor
 
 __all__ = ["MSDeformAttn"]
@@ -179,9 +180,7 @@ def _may_pad(mask: Tensor) -> bool:
     training batches at full resolution) skips zeroing the value (a copy and a pass over it, in
     each attention layer, and their backward); on a GPU reading it would wait for the device,
     and under torch.compile or torch.export it would break the graph."""
-    if mask.device.type != "cpu" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return True
-    return bool(mask.any())
+    return not eager_on_cpu(mask) or bool(mask.any())
 
 
 def _point_locations(reference_points: Tensor, offsets: Tensor, spatial_shapes: Tensor) -> Tensor:
