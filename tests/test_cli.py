@@ -101,6 +101,29 @@ def test_bench_options_without_a_name_run_the_attention_benchmark(monkeypatch):
     assert seen == {"what": "attention", "rest": ["--batch", "2"]}
 
 
+def test_bench_help_lists_every_benchmark_and_each_name_has_a_runnable_module(capsys):
+    import importlib
+
+    from deformdetr.cli import BENCHMARKS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    listed = capsys.readouterr().out.split("benchmarks:")[1]
+    assert exit_info.value.code == 0
+    for name, (module, summary) in BENCHMARKS.items():
+        assert f"{name}  " in listed and summary in listed
+        assert callable(importlib.import_module(f"deformdetr.bench.{module}").main)
+
+
+def test_bench_runs_the_named_benchmark_with_its_options(monkeypatch):
+    import deformdetr.bench.training as training
+
+    seen = []
+    monkeypatch.setattr(training, "main", seen.append)
+    assert main(["bench", "training", "--steps", "3"]) == 0
+    assert seen == [["--steps", "3"]]
+
+
 def test_user_errors_are_one_message_and_interrupts_point_at_the_checkpoint(tmp_path, monkeypatch, capsys):
     import deformdetr.engine.trainer as trainer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -41,20 +42,21 @@ def _info(args) -> int:
     return 0
 
 
+#: The benchmarks of ``deformdetr bench``: name -> (module of deformdetr.bench with a main(argv),
+#: what it measures).
+BENCHMARKS = {
+    "attention": ("ms_deform_attn", "the deformable attention op against the pure-PyTorch reference"),
+    "matcher": ("matcher", "the Hungarian matcher against the official approach and scipy"),
+    "model": ("model", "the whole model's inference and training step (--parts: against the floor)"),
+    "memory": ("memory", "peak memory of a training step, plain and with each memory knob"),
+    "training": ("training", "a preset's training loop on its own data, part by part"),
+    "export": ("export", "ONNX export: file size, onnxruntime against torch, agreement"),
+}
+
+
 def _bench(args) -> int:
-    if args.what == "attention":
-        from deformdetr.bench.ms_deform_attn import main as bench_main
-    elif args.what == "model":
-        from deformdetr.bench.model import main as bench_main
-    elif args.what == "export":
-        from deformdetr.bench.export import main as bench_main
-    elif args.what == "memory":
-        from deformdetr.bench.memory import main as bench_main
-    elif args.what == "training":
-        from deformdetr.bench.training import main as bench_main
-    else:
-        from deformdetr.bench.matcher import main as bench_main
-    bench_main(args.rest)
+    module = importlib.import_module(f"deformdetr.bench.{BENCHMARKS[args.what][0]}")
+    module.main(args.rest)
     return 0
 
 
@@ -316,11 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="compare the speed of the native core with reference implementations",
-        description="Extra arguments go to the benchmark, e.g. `deformdetr bench attention --batch 2`.",
+        description="Extra arguments go to the benchmark, e.g. `deformdetr bench attention --batch 2`;\n"
+                    "`deformdetr bench NAME --help` lists them.",
+        epilog="benchmarks:\n" + "\n".join(f"  {name:10s} {summary}" for name, (_, summary) in BENCHMARKS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("what", nargs="?", default="attention",
-                       choices=["attention", "matcher", "model", "memory", "training", "export"])
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.add_argument("what", nargs="?", default="attention", choices=list(BENCHMARKS),
+                       help="which benchmark (default: attention)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, metavar="...", help="the benchmark's own options")
     bench.set_defaults(run=_bench)
     return parser
 
