@@ -261,6 +261,33 @@ def test_the_2d_demo_draws_from_its_own_threshold(tmp_path, monkeypatch):
         assert drawn.pop() == expected
 
 
+def test_the_demo_names_an_earlier_better_epoch_and_its_checkpoint(tmp_path, monkeypatch, capsys):
+    import deformdetr.engine.predict as predict
+    import deformdetr.engine.trainer as trainer
+
+    class Task:
+        headline = "AP"
+
+        def validation_images(self):
+            return [], {}
+
+        def predict_images(self, *args, **kwargs):
+            pass
+
+        def format_metrics(self, metrics):
+            return "metrics"
+
+    monkeypatch.setattr(predict, "load_for_prediction", lambda path: (Task(), None, None))
+    for best, said in (({"metric": "AP", "value": 0.65, "epoch": 13}, True),
+                       ({"metric": "AP", "value": 0.584, "epoch": 14}, False), (None, False)):
+        monkeypatch.setattr(trainer, "train", lambda cfg, **kwargs: {"eval": {"AP": 0.584}, "best": best})
+        assert main(["demo", "--output-dir", str(tmp_path)]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert "AP 0.584" in last
+        expected = f" (best 0.650 at epoch 13: {tmp_path / 'checkpoint_best.pth'})"
+        assert (expected in last) is said and ("best" in last) is said
+
+
 @pytest.mark.slow
 def test_the_3d_demo_trains_evaluates_and_draws(tmp_path, capsys):
     """`demo --task mono3d`: the task's demo preset (here shrunk to seconds), its headline metric on

@@ -217,9 +217,21 @@ def _demo(args) -> int:
     threshold = args.threshold if args.threshold is not None else demo.demo_threshold
     task.predict_images(model, images[: args.num_images], predictions, device, threshold, categories, **options)
     _print_metrics(task, metrics)
-    print(f"demo done in {(time.time() - started) / 60:.1f} min: {task.headline} {metrics.get(task.headline, 0):.3f}; "
-          f"curves {os.path.join(cfg['output_dir'], 'curves.png')}; pictures in {predictions}")
+    print(f"demo done in {(time.time() - started) / 60:.1f} min: {task.headline} {metrics.get(task.headline, 0):.3f}"
+          f"{_earlier_best(result, metrics, cfg['output_dir'])}; curves {os.path.join(cfg['output_dir'], 'curves.png')}; "
+          f"pictures in {predictions}")
     return 0
+
+
+def _earlier_best(result: dict, metrics: dict, output_dir: str) -> str:
+    """", best B at epoch E (its checkpoint)" when an earlier epoch scored higher than the last
+    (the pictures and the number before it are the last epoch's); else nothing."""
+    from deformdetr.engine.trainer import BEST_NAME
+
+    best = result.get("best")
+    if not best or best["value"] <= metrics.get(best["metric"], float("-inf")):
+        return ""
+    return f" (best {best['value']:.3f} at epoch {best['epoch']}: {os.path.join(output_dir, BEST_NAME)})"
 
 
 def _demo_tasks() -> list[str]:
