@@ -115,6 +115,19 @@ def test_bench_help_lists_every_benchmark_and_each_name_has_a_runnable_module(ca
         assert callable(importlib.import_module(f"deformdetr.bench.{module}").main)
 
 
+@pytest.mark.parametrize("name", ["attention", "matcher", "model", "memory", "training", "export"])
+def test_each_benchmark_describes_itself_in_whole_sentences(name, capsys):
+    import importlib
+
+    from deformdetr.cli import BENCHMARKS
+
+    first_paragraph = importlib.import_module(f"deformdetr.bench.{BENCHMARKS[name][0]}").__doc__.split("\n\n")[0]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", name, "--help"])
+    assert exit_info.value.code == 0 and first_paragraph.rstrip().endswith(".")
+    assert " ".join(first_paragraph.split()) in " ".join(capsys.readouterr().out.split())
+
+
 def test_bench_runs_the_named_benchmark_with_its_options(monkeypatch):
     import deformdetr.bench.training as training
 

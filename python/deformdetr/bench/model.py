@@ -304,7 +304,7 @@ def report_optimizer_step(optimizer, steps: int) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="deformdetr bench model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="deformdetr bench model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="multi_scale",
                         choices=["single_scale", "single_scale_dc5", "multi_scale", "box_refine", "two_stage"])
     parser.add_argument("--size", type=image_size, default=(800, 1066), help="HEIGHTxWIDTH (default 800x1066)")

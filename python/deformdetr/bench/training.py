@@ -55,7 +55,7 @@ def main(argv=None):
     from deformdetr.engine.tasks import get_task
     from deformdetr.engine.trainer import data_loader, resolve_device
 
-    parser = argparse.ArgumentParser(prog="deformdetr bench training", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="deformdetr bench training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", "-c", default="demo_synthetic", help="preset name or YAML file")
     parser.add_argument("--steps", type=positive_int, default=30, help=f"steps timed (after {WARMUP_STEPS} more)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
