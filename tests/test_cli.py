@@ -330,6 +330,13 @@ def test_bench_model_times_the_model_and_accounts_for_its_parts(capsys):
     assert all("nan" not in rows[part] for part in ("backbone", "input projections", "encoder", "decoder", "heads"))
     # Then the training step's table (same part names, later lines), with the rest of a step.
     assert "| part (training step) |" in out and {"other", "loss", "optimizer step (fused AdamW)"} <= set(rows)
+    assert main(["bench", "model", "--size", "64x96", "--repeat", "1", "--threads", "1", "--ops", "3"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row[0].strip() for row in rows][0] == "operator (inference)" and rows[-1][0].strip() == "(all operators)"
+    ops = rows[1:-1]
+    times = [float(row[2]) for row in ops]
+    assert len(ops) == 3 and times == sorted(times, reverse=True) and sum(times) <= float(rows[-1][2])
+    assert all(row[0].strip() and int(row[1]) >= 1 for row in ops)
 
 
 def test_convert_to_hf_then_predict_and_eval_take_the_folder(tmp_path, capsys):

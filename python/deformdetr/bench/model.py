@@ -188,6 +188,26 @@ def report_parts(model, images, mask, repeat: int) -> None:
     print(f"| (attention sampling, inside encoder/decoder) | {sampling / 1e9:.1f} | - | - | - |")
 
 
+def report_ops(model, images, mask, repeat: int, count: int) -> None:
+    """The ``count`` operators with the most time of their own in an inference (the torch
+    profiler over ``repeat`` inferences after a warm-up), per inference, with their share of it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = inference_step(model.eval(), images, mask)
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(repeat):
+            run()
+    events = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    print("| operator (inference) | calls | ms per inference | share |")
+    print("|---|---|---|---|")
+    for event in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:count]:
+        print(f"| {event.key} | {event.count // repeat} | {event.self_cpu_time_total / repeat / 1e3:.1f} | "
+              f"{event.self_cpu_time_total / total:.1%} |")
+    print(f"| (all operators) | | {total / repeat / 1e3:.1f} | 100% |")
+
+
 def report_training_parts(model, criterion, images, mask, targets, repeat: int) -> None:
     """The same account for a training step: each part's forward and backward FLOPs and seconds
     (the backward's by autograd node, ``bench.backward``), the loss, the glue between the parts and
@@ -314,6 +334,8 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the model")
     parser.add_argument("--no-train", action="store_true", help="time inference only")
     parser.add_argument("--parts", action="store_true", help="FLOPs, floor and time of each part (inference; then a training step, unless --no-train)")
+    parser.add_argument("--ops", type=positive_int, default=None, metavar="N",
+                        help="the N operators with the most time in an inference (torch profiler), instead")
     parser.add_argument("--demo", action="store_true", help="the demo's training throughput instead")
     parser.add_argument("--steps", type=positive_int, default=10, help="--demo: steps timed")
     args = parser.parse_args(argv)
@@ -329,6 +351,9 @@ def main(argv=None):
     mask = torch.zeros(args.batch, height, width, dtype=torch.bool)
     print(f"{args.variant}, batch {args.batch} of {height}x{width}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
+    if args.ops:
+        report_ops(model, images, mask, args.repeat, args.ops)
+        return
     if args.parts:
         report_parts(model.eval(), images, mask, args.repeat)
         if not args.no_train:
