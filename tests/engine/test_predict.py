@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deformdetr.engine.predict import drawing_names, predict_images
+from deformdetr.engine.predict import compiled, drawing_names, predict_images
 
 
 class OneBox(torch.nn.Module):
@@ -147,3 +147,12 @@ def test_official_checkpoints_of_91_classes_name_the_coco_categories(tmp_path):
     task, _, categories = load_for_prediction(str(path))
     assert task.name == "detection"
     assert (categories.name_of(1), categories.id_of(1), categories.name_of(90)) == ("person", 1, "toothbrush")
+
+
+def test_compiling_says_what_waits_for_it_unless_told_not_to(monkeypatch, capsys):
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(torch, "compile", lambda module: ("compiled", module))
+    assert compiled(model, "the first image of each size") == ("compiled", model)
+    assert "compiling the model with torch.compile; the first image of each size waits for it" in capsys.readouterr().err
+    assert compiled(model, "the first step", say=False) == ("compiled", model)
+    assert capsys.readouterr().err == ""

@@ -185,8 +185,9 @@ def test_a_2d_checkpoint_refuses_the_camera_options(tmp_path, capsys):
         f"model")
 
 
-def test_compile_runs_the_model_through_torch_compile(tmp_path, trained, monkeypatch):
-    """`predict --compile` hands a 3D model to torch.compile and predicts with what it returns."""
+def test_compile_runs_the_model_through_torch_compile(tmp_path, trained, monkeypatch, capsys):
+    """`predict --compile` hands a 3D model to torch.compile and predicts with what it returns,
+    and says that the first batch waits for the compilation."""
     import torch
 
     root, checkpoint = trained
@@ -199,7 +200,8 @@ def test_compile_runs_the_model_through_torch_compile(tmp_path, trained, monkeyp
     monkeypatch.setattr(torch, "compile", fake_compile)
     calib = ["--calib", str(root / "training" / "calib")]
     plain = predict(checkpoint, val_images(root)[:2], tmp_path / "plain", *calib)
-    assert compiled == []
+    assert compiled == [] and "torch.compile" not in capsys.readouterr().err
     through = predict(checkpoint, val_images(root)[:2], tmp_path / "compiled", *calib, "--compile")
     assert len(compiled) == 1 and type(compiled[0]).__name__ == "MonoDETR"
+    assert "compiling the model with torch.compile; the first batch waits for it" in capsys.readouterr().err
     assert [r["detections"] for r in through] == [r["detections"] for r in plain]

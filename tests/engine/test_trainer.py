@@ -58,6 +58,28 @@ def test_resume_gives_the_parameters_of_an_uninterrupted_run(tmp_path, tiny_over
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
+def test_train_compile_trains_and_evaluates_through_torch_compile_and_says_so(tmp_path, tiny_overrides, monkeypatch,
+                                                                            capsys):
+    compiled = []
+
+    class Compiled(torch.nn.Module):  # what torch.compile returns: a module wrapping the model
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+            compiled.append(module)
+
+        def forward(self, *inputs):
+            return self.module(*inputs)
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    cfg = load_config("demo_synthetic", tiny_overrides + [f"output_dir={tmp_path}", "train.epochs=1",
+                                                          "train.compile=true"])
+    result = train(cfg, progress=False)
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "DeformableDETR"
+    assert "test_AP50" in json.loads(open(tmp_path / "log.jsonl").readline()) and "AP" in result["eval"]
+    assert "compiling the model with torch.compile; the first training step and evaluation" in capsys.readouterr().err
+
+
 def test_bad_config_key_gives_a_clear_error(capsys):
     assert main(["train", "--config", "demo_synthetic", "train.lrr=0.1"]) == 2
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -150,6 +151,17 @@ def _write_json(path: str, value) -> None:
         json.dump(value, handle, indent=1)
 
 
+def compiled(model, waits: str, say: bool = True):
+    """``torch.compile(model)``; with ``say``, says on stderr that ``waits`` (the first image of
+    each size, the first step...) waits for the compilation: up to a few minutes on a CPU (80-100
+    s for a full-size model here, less when torch's compile cache holds it), with nothing else to
+    show for it."""
+    if say:
+        print(f"deformdetr: compiling the model with torch.compile; {waits} waits for it (up to a few "
+              f"minutes on a CPU)", file=sys.stderr, flush=True)
+    return torch.compile(model)
+
+
 @torch.no_grad()
 def predict_images(model, image_paths: Sequence[str], output_dir: str, transform, device,
                    threshold: float = 0.5, categories=None, draw: bool = True, batch_size: int = 1,
@@ -170,7 +182,7 @@ def predict_images(model, image_paths: Sequence[str], output_dir: str, transform
     ``skipped``. Only when none of the images can be read is that an error (ValueError)."""
     os.makedirs(output_dir, exist_ok=True)
     model.eval().to(device)
-    runner = torch.compile(model) if compile else model
+    runner = compiled(model, "the first image of each size") if compile else model
     postprocess = PostProcess()
     names = drawing_names(image_paths, output_dir)
     records: dict[int, dict] = {}

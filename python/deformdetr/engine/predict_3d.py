@@ -21,6 +21,7 @@ from deformdetr.engine.outputs import as_float32
 from deformdetr.engine.predict import (
     Predictions,
     category_fields,
+    compiled,
     drawing_names,
     output_names,
     run_in_batches,
@@ -70,7 +71,7 @@ def predict_images_3d(model, image_paths: Sequence[str], output_dir: str, device
     results_dir = os.path.join(output_dir, RESULTS_NAME)
     os.makedirs(results_dir, exist_ok=True)
     model.eval().to(device)
-    runner = torch.compile(model) if compile else model
+    runner = compiled(model, "the first batch") if compile else model
     pictures = drawing_names(image_paths, output_dir)
     result_files = output_names(image_paths, results_dir, ".txt")
     views: dict[int, ModelView] = {}

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from deformdetr.configs import complete, parse_device
 from deformdetr.engine import distributed as dist
 from deformdetr.engine.checkpoint import copy_atomic, preserved_rng, restore_rng_state, rng_state, save_atomic
-from deformdetr.engine.predict import recorded_categories
+from deformdetr.engine.predict import compiled, recorded_categories
 from deformdetr.engine.schedule import FIT_AFTER_EPOCHS, decay_epochs, epochs_within_budget, fitted_decays, set_decays
 from deformdetr.engine.tasks import DEFAULT_TASK, get_task
 from deformdetr.engine.tasks.base import place_steps_for_fused
@@ -267,7 +267,8 @@ class Trainer:
         self.model_ddp = self._distributed(self.model)
         if self.train_cfg["compile"]:
             # The module trained and evaluated; checkpoints take the plain model's weights.
-            self.model_ddp = torch.compile(self.model_ddp)
+            self.model_ddp = compiled(self.model_ddp, "the first training step and evaluation (and each new image "
+                                      "size)", say=dist.is_main_process())
         fp16 = self.device.type == "cuda" and self.train_cfg["amp"] == "fp16"
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.categories = self.task.categories(self.train_set)
