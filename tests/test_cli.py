@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from deformdetr.cli import main
+from deformdetr.cli import BENCHMARKS, main
 
 
 def test_info_reports_the_build(capsys):
@@ -104,8 +104,6 @@ def test_bench_options_without_a_name_run_the_attention_benchmark(monkeypatch):
 def test_bench_help_lists_every_benchmark_and_each_name_has_a_runnable_module(capsys):
     import importlib
 
-    from deformdetr.cli import BENCHMARKS
-
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--help"])
     listed = capsys.readouterr().out.split("benchmarks:")[1]
@@ -115,11 +113,9 @@ def test_bench_help_lists_every_benchmark_and_each_name_has_a_runnable_module(ca
         assert callable(importlib.import_module(f"deformdetr.bench.{module}").main)
 
 
-@pytest.mark.parametrize("name", ["attention", "matcher", "model", "memory", "training", "export"])
+@pytest.mark.parametrize("name", list(BENCHMARKS))
 def test_each_benchmark_describes_itself_in_whole_sentences(name, capsys):
     import importlib
-
-    from deformdetr.cli import BENCHMARKS
 
     first_paragraph = importlib.import_module(f"deformdetr.bench.{BENCHMARKS[name][0]}").__doc__.split("\n\n")[0]
     with pytest.raises(SystemExit) as exit_info:
@@ -248,49 +244,42 @@ def test_what_one_process_of_a_distributed_run_says_is_said_once(tmp_path, monke
     assert out == ["COCO box AP 0.500, AP50 0.700", "outputs in out (1.0 min)"]
 
 
+class _DemoTask:
+    """What `deformdetr demo` asks of a trained task, recording the thresholds it draws from."""
+
+    headline = "AP"
+
+    def __init__(self):
+        self.drawn = []
+
+    def validation_images(self):
+        return ["a.png"], {}
+
+    def predict_images(self, model, images, output_dir, device, threshold, categories):
+        self.drawn.append(threshold)
+
+    def format_metrics(self, metrics):
+        return "metrics"
+
+
 def test_the_2d_demo_draws_from_its_own_threshold(tmp_path, monkeypatch):
     import deformdetr.engine.predict as predict
     import deformdetr.engine.trainer as trainer
     from deformdetr.engine.tasks import task_class
 
-    drawn = []
-
-    class Task:
-        headline = "AP"
-
-        def validation_images(self):
-            return ["a.png"], {}
-
-        def predict_images(self, model, images, output_dir, device, threshold, categories):
-            drawn.append(threshold)
-
-        def format_metrics(self, metrics):
-            return "metrics"
-
+    task = _DemoTask()
     monkeypatch.setattr(trainer, "train", lambda cfg, **kwargs: {"eval": {"AP": 0.5}})
-    monkeypatch.setattr(predict, "load_for_prediction", lambda path: (Task(), None, None))
+    monkeypatch.setattr(predict, "load_for_prediction", lambda path: (task, None, None))
     for extra, expected in (([], task_class("detection").demo_threshold), (["--threshold", "0.7"], 0.7)):
         assert main(["demo", "--output-dir", str(tmp_path), *extra]) == 0
-        assert drawn.pop() == expected
+        assert task.drawn.pop() == expected
 
 
 def test_the_demo_names_an_earlier_better_epoch_and_its_checkpoint(tmp_path, monkeypatch, capsys):
     import deformdetr.engine.predict as predict
     import deformdetr.engine.trainer as trainer
 
-    class Task:
-        headline = "AP"
-
-        def validation_images(self):
-            return [], {}
-
-        def predict_images(self, *args, **kwargs):
-            pass
-
-        def format_metrics(self, metrics):
-            return "metrics"
-
-    monkeypatch.setattr(predict, "load_for_prediction", lambda path: (Task(), None, None))
+    monkeypatch.setattr(predict, "load_for_prediction", lambda path: (_DemoTask(), None, None))
     for best, said in (({"metric": "AP", "value": 0.65, "epoch": 13}, True),
                        ({"metric": "AP", "value": 0.584, "epoch": 14}, False), (None, False)):
         monkeypatch.setattr(trainer, "train", lambda cfg, **kwargs: {"eval": {"AP": 0.584}, "best": best})

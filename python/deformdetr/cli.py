@@ -224,8 +224,8 @@ def _demo(args) -> int:
 
 
 def _earlier_best(result: dict, metrics: dict, output_dir: str) -> str:
-    """", best B at epoch E (its checkpoint)" when an earlier epoch scored higher than the last
-    (the pictures and the number before it are the last epoch's); else nothing."""
+    """" (best B at epoch E: <output_dir>/checkpoint_best.pth)" when an earlier epoch scored higher
+    than the last (the pictures and the number before it are the last epoch's); else nothing."""
     from deformdetr.engine.trainer import BEST_NAME
 
     best = result.get("best")

@@ -84,7 +84,8 @@ def test_padding_mask_hides_masked_values():
     assert not torch.allclose(m(query, ref, flat, SHAPES, STARTS), m(query, ref, changed, SHAPES, STARTS))
 
 
-def _masked_fills(module, *args) -> int:
+def _masked_fills(module, *args) -> tuple:
+    """How many masked_fill calls ``module(*args)`` makes, and its output."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
